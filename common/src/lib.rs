@@ -1,0 +1,4 @@
+//! Shared parts of the woa services.
+mod error;
+pub use error::{Error, Result};
+pub mod margo;

@@ -1,0 +1,1506 @@
+//! Turns one compose file into a validated [`Project`].
+//!
+//! The typed model is our own rather than the `docker-compose-types` crate, because that crate
+//! accepts every compose key (unknown ones land in catch-all maps) and pins the deprecated
+//! `serde_yaml`, while this device must refuse, by key path, each key it cannot honour.
+//!
+//! Loading runs in stages on the YAML tree: parse, apply `<<` merge keys, drop `x-` extension
+//! keys, interpolate string values, then deserialise into the strict model and resolve it
+//! against the package (env files, bind sources) and itself (declared networks and volumes,
+//! dependencies).
+
+mod interpolate;
+mod model;
+mod syntax;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_yaml_ng::Value;
+
+use crate::error::{Error, Result};
+use crate::spec::{
+    BindSource, Dependency, Healthcheck, Logging, Mount, Network, NetworkAttachment, Project,
+    Service, Volume,
+};
+use model::{
+    ByteSize, Command, ComposeFile, Cpus, DependsOn, Duration, Entries, External, Flag, HealthTest,
+    Integer, LoggingDef, MountEntry, NetworkDef, OneOrMany, Restart, ServiceDef, ServiceNetworks,
+    Text, TmpfsEntry, VolumeDef,
+};
+use syntax::MountDef;
+
+/// The network services join when they name none.
+const DEFAULT_NETWORK: &str = "default";
+
+/// Loads the compose file `file` (a package-relative path) with contents `yaml` into a
+/// [`Project`].
+///
+/// Interpolation sees only `variables` and a `.env` file next to the compose file in
+/// `package_files` (`variables` win); the process environment is never read. `env_file` and
+/// relative bind sources resolve against the compose file's directory and must stay inside the
+/// package. Every compose key this device does not support is an error naming its key path.
+pub fn load(
+    file: &str,
+    yaml: &[u8],
+    variables: &BTreeMap<String, String>,
+    package_files: &BTreeMap<String, Vec<u8>>,
+) -> Result<Project> {
+    load_project(file, yaml, variables, package_files).map_err(|message| Error::Compose {
+        file: file.to_owned(),
+        message,
+    })
+}
+
+fn load_project(
+    file: &str,
+    yaml: &[u8],
+    variables: &BTreeMap<String, String>,
+    package_files: &BTreeMap<String, Vec<u8>>,
+) -> Result<Project, String> {
+    let dir = syntax::parent_dir(file);
+    let environment = project_environment(dir, variables, package_files)?;
+    let mut tree: Value =
+        serde_yaml_ng::from_slice(yaml).map_err(|error| format!("invalid YAML: {error}"))?;
+    tree.apply_merge()
+        .map_err(|error| format!("invalid YAML merge key: {error}"))?;
+    if tree.is_null() {
+        return Err("the file is empty".to_owned());
+    }
+    strip_extensions(&mut tree, Level::Object);
+    interpolate::interpolate_tree(&mut tree, &environment)?;
+    let compose: ComposeFile = serde_path_to_error::deserialize(tree).map_err(describe_error)?;
+    Resolver {
+        dir,
+        environment: &environment,
+        package_files,
+    }
+    .project(compose)
+}
+
+/// The interpolation variables: the `.env` file next to the compose file, overridden by the
+/// deployment's variables.
+fn project_environment(
+    dir: &str,
+    variables: &BTreeMap<String, String>,
+    package_files: &BTreeMap<String, Vec<u8>>,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut environment = BTreeMap::new();
+    let dot_env = syntax::package_path(dir, ".env").unwrap_or_else(|| ".env".to_owned());
+    if let Some(bytes) = package_files.get(&dot_env) {
+        let text = std::str::from_utf8(bytes).map_err(|_| format!("{dot_env}: not valid UTF-8"))?;
+        let entries =
+            syntax::parse_env_file(text).map_err(|reason| format!("{dot_env}: {reason}"))?;
+        for (key, value) in entries {
+            // A bare `KEY` in `.env` has nothing to take its value from.
+            if let Some(value) = value {
+                environment.insert(key, value);
+            }
+        }
+    }
+    environment.extend(variables.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Ok(environment)
+}
+
+/// What the keys of a YAML mapping are, which decides whether `x-` keys in it are extensions.
+#[derive(Clone, Copy)]
+enum Level {
+    /// Keys are compose's own; `x-` keys are extensions.
+    Object,
+    /// Keys are names the file chooses (services, networks, volumes, dependencies).
+    Names,
+    /// Keys and values are user data (environment, labels, options), kept verbatim.
+    FreeForm,
+}
+
+/// Removes `x-` extension keys wherever compose's own keys are expected; compose ignores them
+/// by specification. Under user-chosen keys (a service named `x-api`, an `x-trace` label) they
+/// are data and stay.
+fn strip_extensions(value: &mut Value, level: Level) {
+    match value {
+        Value::Mapping(mapping) => {
+            if matches!(level, Level::Object) {
+                mapping.retain(|key, _| !key.as_str().is_some_and(|key| key.starts_with("x-")));
+            }
+            for (key, child) in mapping.iter_mut() {
+                let child_level = match level {
+                    Level::FreeForm => Level::FreeForm,
+                    Level::Names => Level::Object,
+                    Level::Object => match key.as_str() {
+                        Some("environment" | "labels" | "driver_opts" | "options") => {
+                            Level::FreeForm
+                        }
+                        Some("services" | "networks" | "volumes" | "depends_on") => Level::Names,
+                        _ => Level::Object,
+                    },
+                };
+                strip_extensions(child, child_level);
+            }
+        }
+        Value::Sequence(items) => {
+            let item_level = match level {
+                Level::Names => Level::Object,
+                other => other,
+            };
+            for item in items {
+                strip_extensions(item, item_level);
+            }
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) | Value::Tagged(_) => {}
+    }
+}
+
+/// Words a deserialisation error as `key.path: reason`, turning serde's unknown-field error
+/// into `key.path.key: unsupported key`.
+fn describe_error(error: serde_path_to_error::Error<serde_yaml_ng::Error>) -> String {
+    let path = error.path().to_string();
+    let reason = error.inner().to_string();
+    // The path usually already ends at the unknown key; append it only when it does not.
+    let at = |key: &str| {
+        if path == key || path.ends_with(&format!(".{key}")) {
+            path.clone()
+        } else if path == "." {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    let unknown = reason
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(key, _)| key);
+    match unknown {
+        Some("build") => format!(
+            "{}: unsupported key: this device does not build images; push the image to a registry and give it as `image`",
+            at("build")
+        ),
+        Some(key) => format!("{}: unsupported key", at(key)),
+        None if path == "." => reason,
+        None => format!("{path}: {reason}"),
+    }
+}
+
+/// Resolves the typed model against the package and the variables.
+struct Resolver<'a> {
+    /// The compose file's directory in the package (`""` at the root).
+    dir: &'a str,
+    /// The interpolation variables, which also fill bare environment keys.
+    environment: &'a BTreeMap<String, String>,
+    package_files: &'a BTreeMap<String, Vec<u8>>,
+}
+
+impl Resolver<'_> {
+    fn project(&self, compose: ComposeFile) -> Result<Project, String> {
+        let mut networks = Vec::new();
+        for (name, definition) in compose.networks.map(|n| n.0).unwrap_or_default() {
+            check_name("networks", &name)?;
+            networks.push(network(name, definition)?);
+        }
+        let mut volumes = Vec::new();
+        for (name, definition) in compose.volumes.map(|v| v.0).unwrap_or_default() {
+            check_name("volumes", &name)?;
+            volumes.push(volume(name, definition)?);
+        }
+        let definitions = compose.services.map(|s| s.0).unwrap_or_default();
+        if definitions.is_empty() {
+            return Err("services: the file defines no services".to_owned());
+        }
+        let declared = Declared {
+            networks: networks.iter().map(|n| n.name.as_str()).collect(),
+            volumes: volumes.iter().map(|v| v.name.as_str()).collect(),
+            services: definitions.iter().map(|(name, _)| name.as_str()).collect(),
+        };
+        let mut services = Vec::new();
+        for (name, definition) in &definitions {
+            check_name("services", name)?;
+            services.push(self.service(name, definition, &declared)?);
+        }
+        check_dependency_cycles(&services)?;
+
+        let uses_default = services
+            .iter()
+            .flat_map(|service| &service.networks)
+            .any(|attachment| attachment.network == DEFAULT_NETWORK);
+        if uses_default && !networks.iter().any(|n| n.name == DEFAULT_NETWORK) {
+            networks.insert(0, network(DEFAULT_NETWORK.to_owned(), None)?);
+        }
+        Ok(Project {
+            services,
+            networks,
+            volumes,
+        })
+    }
+
+    fn service(
+        &self,
+        name: &str,
+        definition: &ServiceDef,
+        declared: &Declared<'_>,
+    ) -> Result<Service, String> {
+        let path = format!("services.{name}");
+        let image = definition
+            .image
+            .clone()
+            .filter(|image| !image.trim().is_empty())
+            .ok_or_else(|| {
+                format!("{path}.image: required (this device pulls images, it does not build them)")
+            })?;
+        let mut mounts = Vec::new();
+        for (index, MountEntry(mount)) in definition.volumes.iter().flatten().enumerate() {
+            mounts.push(
+                self.mount(mount, declared)
+                    .map_err(|reason| format!("{path}.volumes[{index}]: {reason}"))?,
+            );
+        }
+        for TmpfsEntry(mount) in definition.tmpfs.iter().flat_map(|t| &t.0) {
+            mounts.push(
+                self.mount(mount, declared)
+                    .map_err(|reason| format!("{path}.tmpfs: {reason}"))?,
+            );
+        }
+        Ok(Service {
+            name: name.to_owned(),
+            image,
+            command: definition
+                .command
+                .as_ref()
+                .map(|Command(words)| words.clone()),
+            entrypoint: definition
+                .entrypoint
+                .as_ref()
+                .map(|Command(words)| words.clone()),
+            environment: self.service_environment(&path, definition)?,
+            ports: definition
+                .ports
+                .iter()
+                .flatten()
+                .flat_map(|entry| entry.0.iter().cloned())
+                .collect(),
+            mounts,
+            networks: attachments(&path, definition.networks.as_ref(), declared)?,
+            depends_on: dependencies(&path, definition.depends_on.as_ref(), declared)?,
+            healthcheck: definition
+                .healthcheck
+                .as_ref()
+                .map(|healthcheck| self::healthcheck(&path, healthcheck))
+                .transpose()?,
+            restart: definition
+                .restart
+                .as_ref()
+                .map(|Restart(policy)| policy.clone()),
+            labels: labels(definition.labels.as_ref()),
+            user: definition.user.as_ref().map(|Text(user)| user.clone()),
+            working_dir: definition.working_dir.clone(),
+            cap_add: definition.cap_add.clone().unwrap_or_default(),
+            cap_drop: definition.cap_drop.clone().unwrap_or_default(),
+            read_only: definition
+                .read_only
+                .as_ref()
+                .is_some_and(|Flag(flag)| *flag),
+            mem_limit: definition.mem_limit.as_ref().map(|ByteSize(bytes)| *bytes),
+            nano_cpus: definition.cpus.as_ref().map(|Cpus(nanos)| *nanos),
+            logging: definition.logging.as_ref().map(logging),
+        })
+    }
+
+    /// `env_file` entries in order, then `environment` on top.
+    fn service_environment(
+        &self,
+        path: &str,
+        definition: &ServiceDef,
+    ) -> Result<BTreeMap<String, String>, String> {
+        let mut environment = BTreeMap::new();
+        for env_file in definition
+            .env_file
+            .iter()
+            .flat_map(|OneOrMany(files)| files)
+        {
+            let text = self
+                .package_text(env_file)
+                .map_err(|reason| format!("{path}.env_file: {reason}"))?;
+            let entries = syntax::parse_env_file(text)
+                .map_err(|reason| format!("{path}.env_file: {env_file}: {reason}"))?;
+            for (key, value) in entries {
+                if let Some(value) = self.resolve_value(&key, value) {
+                    environment.insert(key, value);
+                }
+            }
+        }
+        if let Some(Entries(entries)) = &definition.environment {
+            for (key, value) in entries {
+                if let Some(value) = self.resolve_value(key, value.clone()) {
+                    environment.insert(key.clone(), value);
+                }
+            }
+        }
+        Ok(environment)
+    }
+
+    /// A bare key takes its value from the variables, or is left out when they lack it.
+    fn resolve_value(&self, key: &str, value: Option<String>) -> Option<String> {
+        value.or_else(|| self.environment.get(key).cloned())
+    }
+
+    /// A package file named relative to the compose file, as text.
+    fn package_text(&self, relative: &str) -> Result<&str, String> {
+        if relative.starts_with('/') {
+            return Err(format!(
+                "{relative}: only files of the package can be read, give a relative path"
+            ));
+        }
+        let resolved = syntax::package_path(self.dir, relative)
+            .ok_or_else(|| format!("{relative}: leaves the package"))?;
+        let bytes = self
+            .package_files
+            .get(&resolved)
+            .ok_or_else(|| format!("{relative}: no such file in the package ({resolved})"))?;
+        std::str::from_utf8(bytes).map_err(|_| format!("{relative}: not valid UTF-8"))
+    }
+
+    fn mount(&self, mount: &MountDef, declared: &Declared<'_>) -> Result<Mount, String> {
+        match mount {
+            MountDef::Volume {
+                source,
+                target,
+                read_only,
+            } => {
+                if !declared.volumes.contains(source.as_str()) {
+                    return Err(format!(
+                        "volume {source} is not declared under the top-level volumes"
+                    ));
+                }
+                Ok(Mount::Volume {
+                    source: source.clone(),
+                    target: target.clone(),
+                    read_only: *read_only,
+                })
+            }
+            MountDef::Bind {
+                source,
+                target,
+                read_only,
+            } => {
+                let source = if source.starts_with('/') {
+                    BindSource::Host(source.clone())
+                } else {
+                    BindSource::Package(
+                        syntax::package_path(self.dir, source)
+                            .ok_or_else(|| format!("bind source {source} leaves the package"))?,
+                    )
+                };
+                Ok(Mount::Bind {
+                    source,
+                    target: target.clone(),
+                    read_only: *read_only,
+                })
+            }
+            MountDef::Tmpfs { target, size } => Ok(Mount::Tmpfs {
+                target: target.clone(),
+                size: *size,
+            }),
+        }
+    }
+}
+
+/// Names declared in the file, for checking references.
+struct Declared<'a> {
+    networks: BTreeSet<&'a str>,
+    volumes: BTreeSet<&'a str>,
+    services: BTreeSet<&'a str>,
+}
+
+/// Checks a service, network or volume key: the runtime builds engine object names from it.
+fn check_name(section: &str, name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{section}.{name}: invalid name (use letters, digits, `_`, `.` and `-`, starting with a letter or digit)"
+        ))
+    }
+}
+
+fn attachments(
+    path: &str,
+    networks: Option<&ServiceNetworks>,
+    declared: &Declared<'_>,
+) -> Result<Vec<NetworkAttachment>, String> {
+    let named = networks
+        .map(|ServiceNetworks(named)| named.as_slice())
+        .unwrap_or_default();
+    if named.is_empty() {
+        return Ok(vec![NetworkAttachment {
+            network: DEFAULT_NETWORK.to_owned(),
+            aliases: Vec::new(),
+        }]);
+    }
+    named
+        .iter()
+        .map(|(network, aliases)| {
+            if network != DEFAULT_NETWORK && !declared.networks.contains(network.as_str()) {
+                return Err(format!(
+                    "{path}.networks: network {network} is not declared under the top-level networks"
+                ));
+            }
+            Ok(NetworkAttachment {
+                network: network.clone(),
+                aliases: aliases.clone(),
+            })
+        })
+        .collect()
+}
+
+fn dependencies(
+    path: &str,
+    depends_on: Option<&DependsOn>,
+    declared: &Declared<'_>,
+) -> Result<Vec<Dependency>, String> {
+    let named = depends_on
+        .map(|DependsOn(named)| named.as_slice())
+        .unwrap_or_default();
+    named
+        .iter()
+        .map(|(service, condition)| {
+            if !declared.services.contains(service.as_str()) {
+                return Err(format!("{path}.depends_on: unknown service {service}"));
+            }
+            Ok(Dependency {
+                service: service.clone(),
+                condition: *condition,
+            })
+        })
+        .collect()
+}
+
+/// Refuses `depends_on` cycles (including a service depending on itself): nothing in a cycle
+/// could ever start.
+fn check_dependency_cycles(services: &[Service]) -> Result<(), String> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        Unvisited,
+        OnPath,
+        Done,
+    }
+    fn visit(
+        at: usize,
+        services: &[Service],
+        index: &BTreeMap<&str, usize>,
+        marks: &mut [Mark],
+        path: &mut Vec<usize>,
+    ) -> Result<(), String> {
+        match marks[at] {
+            Mark::Done => return Ok(()),
+            Mark::OnPath => {
+                let start = path.iter().position(|&i| i == at).unwrap_or(0);
+                let names: Vec<&str> = path[start..]
+                    .iter()
+                    .chain(std::iter::once(&at))
+                    .map(|&i| services[i].name.as_str())
+                    .collect();
+                return Err(format!(
+                    "services.{}.depends_on: dependency cycle {}",
+                    services[at].name,
+                    names.join(" -> ")
+                ));
+            }
+            Mark::Unvisited => {}
+        }
+        marks[at] = Mark::OnPath;
+        path.push(at);
+        for dependency in &services[at].depends_on {
+            if let Some(&next) = index.get(dependency.service.as_str()) {
+                visit(next, services, index, marks, path)?;
+            }
+        }
+        path.pop();
+        marks[at] = Mark::Done;
+        Ok(())
+    }
+
+    let index: BTreeMap<&str, usize> = services
+        .iter()
+        .enumerate()
+        .map(|(i, service)| (service.name.as_str(), i))
+        .collect();
+    let mut marks = vec![Mark::Unvisited; services.len()];
+    for start in 0..services.len() {
+        visit(start, services, &index, &mut marks, &mut Vec::new())?;
+    }
+    Ok(())
+}
+
+fn healthcheck(path: &str, definition: &model::HealthcheckDef) -> Result<Healthcheck, String> {
+    let disabled = definition.disable.as_ref().is_some_and(|Flag(flag)| *flag);
+    let test = match (disabled, &definition.test) {
+        (true, Some(_)) => {
+            return Err(format!(
+                "{path}.healthcheck: `disable` and `test` cannot both be set"
+            ));
+        }
+        (true, None) => vec!["NONE".to_owned()],
+        // No test keeps the image's own check, with the timings given here.
+        (false, test) => test
+            .as_ref()
+            .map(|HealthTest(test)| test.clone())
+            .unwrap_or_default(),
+    };
+    let retries = match definition.retries {
+        Some(Integer(retries)) if retries < 0 => {
+            return Err(format!("{path}.healthcheck.retries: must not be negative"));
+        }
+        Some(Integer(retries)) => Some(retries),
+        None => None,
+    };
+    let nanos = |duration: &Option<Duration>| duration.as_ref().map(|Duration(nanos)| *nanos);
+    Ok(Healthcheck {
+        test,
+        interval_ns: nanos(&definition.interval),
+        timeout_ns: nanos(&definition.timeout),
+        retries,
+        start_period_ns: nanos(&definition.start_period),
+    })
+}
+
+/// Labels as a map; a label without a value is the empty string.
+fn labels(entries: Option<&Entries>) -> BTreeMap<String, String> {
+    entries
+        .iter()
+        .flat_map(|Entries(entries)| entries)
+        .map(|(key, value)| (key.clone(), value.clone().unwrap_or_default()))
+        .collect()
+}
+
+fn texts(map: Option<&BTreeMap<String, Text>>) -> BTreeMap<String, String> {
+    map.iter()
+        .flat_map(|map| map.iter())
+        .map(|(key, Text(value))| (key.clone(), value.clone()))
+        .collect()
+}
+
+fn logging(definition: &LoggingDef) -> Logging {
+    Logging {
+        driver: definition.driver.clone(),
+        options: texts(definition.options.as_ref()),
+    }
+}
+
+fn network(name: String, definition: Option<NetworkDef>) -> Result<Network, String> {
+    let path = format!("networks.{name}");
+    let Some(definition) = definition else {
+        return Ok(Network {
+            name,
+            driver: None,
+            internal: false,
+            external: None,
+            labels: BTreeMap::new(),
+        });
+    };
+    let external = external_name(&path, &name, definition.external, definition.name)?;
+    let internal = definition.internal.is_some_and(|Flag(flag)| flag);
+    let labels = labels(definition.labels.as_ref());
+    if external.is_some() && (definition.driver.is_some() || internal || !labels.is_empty()) {
+        return Err(format!(
+            "{path}: an external network takes no driver, internal or labels"
+        ));
+    }
+    Ok(Network {
+        name,
+        driver: definition.driver,
+        internal,
+        external,
+        labels,
+    })
+}
+
+fn volume(name: String, definition: Option<VolumeDef>) -> Result<Volume, String> {
+    let path = format!("volumes.{name}");
+    let Some(definition) = definition else {
+        return Ok(Volume {
+            name,
+            driver: None,
+            driver_opts: BTreeMap::new(),
+            external: None,
+            labels: BTreeMap::new(),
+        });
+    };
+    let external = external_name(&path, &name, definition.external, definition.name)?;
+    let driver_opts = texts(definition.driver_opts.as_ref());
+    let labels = labels(definition.labels.as_ref());
+    if external.is_some()
+        && (definition.driver.is_some() || !driver_opts.is_empty() || !labels.is_empty())
+    {
+        return Err(format!(
+            "{path}: an external volume takes no driver, driver_opts or labels"
+        ));
+    }
+    Ok(Volume {
+        name,
+        driver: definition.driver,
+        driver_opts,
+        external,
+        labels,
+    })
+}
+
+/// The engine name of an external network or volume, `None` when the agent owns it. A custom
+/// `name` is only honoured for external objects: the agent names what it creates itself.
+fn external_name(
+    path: &str,
+    key: &str,
+    external: Option<External>,
+    name: Option<String>,
+) -> Result<Option<String>, String> {
+    match (external, name) {
+        (None | Some(External::Flag(false)), None) => Ok(None),
+        (None | Some(External::Flag(false)), Some(_)) => Err(format!(
+            "{path}.name: a custom name is only supported with `external: true` (the agent names the objects it creates)"
+        )),
+        (Some(External::Flag(true)) | Some(External::Named(None)), name) => {
+            Ok(Some(name.unwrap_or_else(|| key.to_owned())))
+        }
+        (Some(External::Named(Some(inner))), Some(name)) if inner != name => Err(format!(
+            "{path}.external.name: `{inner}` differs from {path}.name `{name}`"
+        )),
+        (Some(External::Named(Some(inner))), _) => Ok(Some(inner)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Condition, Port};
+
+    fn strings(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn files(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    fn load_str(yaml: &str) -> Result<Project> {
+        load(
+            "app/compose.yaml",
+            yaml.as_bytes(),
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        )
+    }
+
+    /// The `Error::Compose` message of a failing load.
+    fn error_of(yaml: &str) -> String {
+        match load_str(yaml) {
+            Err(Error::Compose { file, message }) => {
+                assert_eq!(file, "app/compose.yaml");
+                message
+            }
+            other => panic!("expected a compose error, got {other:?}"),
+        }
+    }
+
+    fn service_named(project: &Project, name: &str) -> Service {
+        project
+            .services
+            .iter()
+            .find(|service| service.name == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no service {name}"))
+    }
+
+    fn default_network() -> Network {
+        Network {
+            name: "default".into(),
+            driver: None,
+            internal: false,
+            external: None,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    fn on_default() -> Vec<NetworkAttachment> {
+        vec![NetworkAttachment {
+            network: "default".into(),
+            aliases: vec![],
+        }]
+    }
+
+    const TWO_SERVICES: &str = r#"
+version: "3.9"
+name: demo
+x-common: &common
+  restart: unless-stopped
+services:
+  web:
+    <<: *common
+    image: registry.local:5000/web:${WEB_TAG:-1.0}
+    command: ["serve", "--port", "80"]
+    environment:
+      BACKEND_URL: http://backend:9000
+      LOG_LEVEL: ${LOG_LEVEL}
+    env_file: web.env
+    ports:
+      - "${WEB_PORT}:80"
+      - target: 443
+        published: 8443
+        host_ip: 127.0.0.1
+    volumes:
+      - ./config/nginx.conf:/etc/nginx/nginx.conf:ro
+    networks: [front, back]
+    depends_on:
+      backend:
+        condition: service_healthy
+    labels:
+      - com.example.role=frontend
+    x-notes: ignored
+  backend:
+    image: registry.local:5000/backend:2.1
+    entrypoint: /bin/backend --listen "0.0.0.0:9000"
+    volumes:
+      - data:/var/lib/backend
+      - type: bind
+        source: /etc/localtime
+        target: /etc/localtime
+        read_only: true
+    networks:
+      back:
+        aliases: [api]
+    healthcheck:
+      test: curl -fsS http://localhost:9000/health
+      interval: 10s
+      timeout: 1m30s
+      retries: 3
+      start_period: 500ms
+    mem_limit: 512m
+    cpus: 1.5
+    user: 1000
+    read_only: true
+    tmpfs: /tmp:size=64m
+    cap_drop: [ALL]
+    cap_add: [NET_BIND_SERVICE]
+    working_dir: /srv
+    logging:
+      driver: json-file
+      options:
+        max-size: 10m
+        max-file: 3
+networks:
+  front:
+  back:
+    internal: true
+volumes:
+  data:
+"#;
+
+    #[test]
+    fn realistic_file_becomes_the_expected_project() {
+        let package = files(&[
+            (
+                "app/web.env",
+                "# web settings\nLOG_LEVEL=debug\nWORKERS=4\n",
+            ),
+            ("app/.env", "WEB_PORT=8080\nLOG_LEVEL=info\n"),
+        ]);
+        let variables = strings(&[("WEB_TAG", "1.2")]);
+        let project = load(
+            "app/compose.yaml",
+            TWO_SERVICES.as_bytes(),
+            &variables,
+            &package,
+        )
+        .expect("loads");
+        let web = Service {
+            name: "web".into(),
+            image: "registry.local:5000/web:1.2".into(),
+            command: Some(vec!["serve".into(), "--port".into(), "80".into()]),
+            entrypoint: None,
+            environment: strings(&[
+                ("BACKEND_URL", "http://backend:9000"),
+                // `environment` (interpolated from .env) wins over the env_file.
+                ("LOG_LEVEL", "info"),
+                ("WORKERS", "4"),
+            ]),
+            ports: vec![
+                Port {
+                    host_ip: None,
+                    host_port: Some(8080),
+                    container_port: 80,
+                    protocol: "tcp".into(),
+                },
+                Port {
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: Some(8443),
+                    container_port: 443,
+                    protocol: "tcp".into(),
+                },
+            ],
+            mounts: vec![Mount::Bind {
+                source: BindSource::Package("app/config/nginx.conf".into()),
+                target: "/etc/nginx/nginx.conf".into(),
+                read_only: true,
+            }],
+            networks: vec![
+                NetworkAttachment {
+                    network: "front".into(),
+                    aliases: vec![],
+                },
+                NetworkAttachment {
+                    network: "back".into(),
+                    aliases: vec![],
+                },
+            ],
+            depends_on: vec![Dependency {
+                service: "backend".into(),
+                condition: Condition::Healthy,
+            }],
+            healthcheck: None,
+            restart: Some("unless-stopped".into()),
+            labels: strings(&[("com.example.role", "frontend")]),
+            user: None,
+            working_dir: None,
+            cap_add: vec![],
+            cap_drop: vec![],
+            read_only: false,
+            mem_limit: None,
+            nano_cpus: None,
+            logging: None,
+        };
+        let backend = Service {
+            name: "backend".into(),
+            image: "registry.local:5000/backend:2.1".into(),
+            command: None,
+            entrypoint: Some(vec![
+                "/bin/backend".into(),
+                "--listen".into(),
+                "0.0.0.0:9000".into(),
+            ]),
+            environment: BTreeMap::new(),
+            ports: vec![],
+            mounts: vec![
+                Mount::Volume {
+                    source: "data".into(),
+                    target: "/var/lib/backend".into(),
+                    read_only: false,
+                },
+                Mount::Bind {
+                    source: BindSource::Host("/etc/localtime".into()),
+                    target: "/etc/localtime".into(),
+                    read_only: true,
+                },
+                Mount::Tmpfs {
+                    target: "/tmp".into(),
+                    size: Some(64 * 1024 * 1024),
+                },
+            ],
+            networks: vec![NetworkAttachment {
+                network: "back".into(),
+                aliases: vec!["api".into()],
+            }],
+            depends_on: vec![],
+            healthcheck: Some(Healthcheck {
+                test: vec![
+                    "CMD-SHELL".into(),
+                    "curl -fsS http://localhost:9000/health".into(),
+                ],
+                interval_ns: Some(10_000_000_000),
+                timeout_ns: Some(90_000_000_000),
+                retries: Some(3),
+                start_period_ns: Some(500_000_000),
+            }),
+            restart: None,
+            labels: BTreeMap::new(),
+            user: Some("1000".into()),
+            working_dir: Some("/srv".into()),
+            cap_add: vec!["NET_BIND_SERVICE".into()],
+            cap_drop: vec!["ALL".into()],
+            read_only: true,
+            mem_limit: Some(512 * 1024 * 1024),
+            nano_cpus: Some(1_500_000_000),
+            logging: Some(Logging {
+                driver: Some("json-file".into()),
+                options: strings(&[("max-size", "10m"), ("max-file", "3")]),
+            }),
+        };
+        let expected = Project {
+            services: vec![web, backend],
+            networks: vec![
+                Network {
+                    name: "front".into(),
+                    ..default_network()
+                },
+                Network {
+                    name: "back".into(),
+                    internal: true,
+                    ..default_network()
+                },
+            ],
+            volumes: vec![Volume {
+                name: "data".into(),
+                driver: None,
+                driver_opts: BTreeMap::new(),
+                external: None,
+                labels: BTreeMap::new(),
+            }],
+        };
+        assert_eq!(project, expected);
+    }
+
+    #[test]
+    fn unsupported_keys_are_named_by_path() {
+        let cases = [
+            (
+                "services:\n  web:\n    image: nginx\n    privileged: true\n",
+                "services.web.privileged: unsupported key",
+            ),
+            (
+                "services:\n  web:\n    image: nginx\nconfigs: {}\n",
+                "configs: unsupported key",
+            ),
+            (
+                "services:\n  web:\n    image: nginx\n    healthcheck:\n      test: [\"NONE\"]\n      start_interval: 5s\n",
+                "services.web.healthcheck.start_interval: unsupported key",
+            ),
+            (
+                "services:\n  web:\n    image: nginx\n    ports:\n      - target: 80\n        mode: host\n",
+                "services.web.ports[0].mode: unsupported key",
+            ),
+            (
+                "services:\n  web:\n    image: nginx\n    networks:\n      front:\n        ipv4_address: 10.0.0.2\nnetworks:\n  front:\n",
+                "services.web.networks.front.ipv4_address: unsupported key",
+            ),
+            (
+                "services:\n  web:\n    image: nginx\n    volumes:\n      - type: volume\n        source: data\n        target: /d\n        volume:\n          nocopy: true\nvolumes:\n  data:\n",
+                "services.web.volumes[0].volume: unsupported key",
+            ),
+            (
+                "services:\n  web:\n    image: nginx\nnetworks:\n  front:\n    ipam: {}\n",
+                "networks.front.ipam: unsupported key",
+            ),
+        ];
+        for (yaml, expected) in cases {
+            assert_eq!(error_of(yaml), expected, "yaml:\n{yaml}");
+        }
+    }
+
+    #[test]
+    fn build_is_refused_with_the_reason() {
+        let message = error_of("services:\n  web:\n    image: web\n    build: .\n");
+        assert!(
+            message.starts_with(
+                "services.web.build: unsupported key: this device does not build images"
+            ),
+            "{message}"
+        );
+        let message = error_of("services:\n  web:\n    command: run\n");
+        assert_eq!(
+            message,
+            "services.web.image: required (this device pulls images, it does not build them)"
+        );
+    }
+
+    #[test]
+    fn extension_keys_are_ignored_at_every_level_but_kept_as_data() {
+        let yaml = r#"
+x-top: {anything: [1, 2]}
+services:
+  web:
+    image: nginx
+    x-service: {privileged: true}
+    labels:
+      x-trace: "on"
+    environment:
+      x-var: kept
+    healthcheck:
+      test: ["CMD", "true"]
+      x-check: 1
+    logging:
+      driver: local
+      x-log: 1
+    ports:
+      - target: 80
+        x-port: 1
+    networks:
+      front:
+        x-attach: 1
+networks:
+  front:
+    x-net: 1
+volumes:
+  data:
+    x-vol: 1
+"#;
+        let project = load_str(yaml).expect("loads");
+        let web = service_named(&project, "web");
+        assert_eq!(web.labels, strings(&[("x-trace", "on")]));
+        assert_eq!(web.environment, strings(&[("x-var", "kept")]));
+        assert_eq!(
+            web.healthcheck.map(|h| h.test),
+            Some(vec!["CMD".into(), "true".into()])
+        );
+        assert_eq!(web.ports.len(), 1);
+        assert_eq!(
+            project.networks,
+            vec![Network {
+                name: "front".into(),
+                ..default_network()
+            }]
+        );
+        assert_eq!(project.volumes.len(), 1);
+    }
+
+    #[test]
+    fn interpolation_uses_variables_over_dot_env_and_never_the_process_environment() {
+        // PATH is set in the test process; the file must not see it.
+        assert!(std::env::var_os("PATH").is_some());
+        let yaml = "services:\n  web:\n    image: img:${TAG}\n    environment:\n      A: ${A}\n      B: ${B}\n      PATH_SEEN: ${PATH:-unset}\n      FROM_VARS:\n      FROM_DOT_ENV:\n      MISSING:\n";
+        let package = files(&[
+            (
+                "app/.env",
+                "TAG=from-dot-env\nA=dot\nB=dot\nFROM_DOT_ENV=dot\n",
+            ),
+            (".env", "A=root\n"),
+        ]);
+        let variables = strings(&[("TAG", "2.0"), ("A", "var"), ("FROM_VARS", "v")]);
+        let project =
+            load("app/compose.yaml", yaml.as_bytes(), &variables, &package).expect("loads");
+        let web = service_named(&project, "web");
+        assert_eq!(web.image, "img:2.0");
+        assert_eq!(
+            web.environment,
+            strings(&[
+                ("A", "var"),
+                ("B", "dot"),
+                ("FROM_DOT_ENV", "dot"),
+                ("FROM_VARS", "v"),
+                ("PATH_SEEN", "unset"),
+            ])
+        );
+    }
+
+    #[test]
+    fn dot_env_is_read_next_to_the_compose_file() {
+        let yaml = "services:\n  web:\n    image: img:${TAG:-none}\n";
+        let package = files(&[("app/.env", "TAG=app\n"), (".env", "TAG=root\n")]);
+        let at_root =
+            load("compose.yaml", yaml.as_bytes(), &BTreeMap::new(), &package).expect("loads");
+        assert_eq!(at_root.services[0].image, "img:root");
+        let nested = load(
+            "app/compose.yaml",
+            yaml.as_bytes(),
+            &BTreeMap::new(),
+            &package,
+        )
+        .expect("loads");
+        assert_eq!(nested.services[0].image, "img:app");
+        let elsewhere = load(
+            "other/compose.yaml",
+            yaml.as_bytes(),
+            &BTreeMap::new(),
+            &package,
+        )
+        .expect("loads");
+        assert_eq!(elsewhere.services[0].image, "img:none");
+    }
+
+    #[test]
+    fn missing_required_variable_names_variable_and_key() {
+        let message = error_of(
+            "services:\n  db:\n    image: postgres\n    environment:\n      POSTGRES_PASSWORD: ${DB_PASSWORD:?set the database password}\n",
+        );
+        assert_eq!(
+            message,
+            "services.db.environment.POSTGRES_PASSWORD: required variable DB_PASSWORD is missing a value: set the database password"
+        );
+        let message = error_of("services:\n  web:\n    image: nginx:$\n");
+        assert!(
+            message.starts_with("services.web.image: invalid interpolation"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn reference_and_value_errors_name_the_key() {
+        let cases = [
+            (
+                "services:\n  web:\n    image: nginx\n    networks: [front]\n",
+                "services.web.networks: network front is not declared under the top-level networks",
+            ),
+            (
+                "services:\n  web:\n    image: nginx\n    volumes: [\"data:/data\"]\n",
+                "services.web.volumes[0]: volume data is not declared under the top-level volumes",
+            ),
+            (
+                "services:\n  web:\n    image: nginx\n    depends_on: [db]\n",
+                "services.web.depends_on: unknown service db",
+            ),
+            (
+                "services:\n  a:\n    image: x\n    depends_on: [b]\n  b:\n    image: x\n    depends_on:\n      c:\n        condition: service_started\n  c:\n    image: x\n    depends_on: [a]\n",
+                "services.a.depends_on: dependency cycle a -> b -> c -> a",
+            ),
+            (
+                "services:\n  a:\n    image: x\n    depends_on: [a]\n",
+                "services.a.depends_on: dependency cycle a -> a",
+            ),
+            (
+                "services:\n  web:\n    image: nginx\n    volumes: [\"../../etc:/etc/host\"]\n",
+                "services.web.volumes[0]: bind source ../../etc leaves the package",
+            ),
+            (
+                "services:\n  web:\n    image: nginx\n    restart: sometimes\n",
+                "services.web.restart: `sometimes` is not a restart policy (no, always, on-failure, on-failure:N, unless-stopped)",
+            ),
+            (
+                "services:\n  web:\n    image: nginx\n    ports: [\"80\", \"99999:80\"]\n",
+                "services.web.ports[1]: `99999` is not a port number (1 to 65535)",
+            ),
+            (
+                "services:\n  web:\n    image: nginx\n    depends_on:\n      db:\n        condition: service_ready\n  db:\n    image: pg\n",
+                "services.web.depends_on.db.condition: unknown variant `service_ready`, expected one of `service_started`, `service_healthy`, `service_completed_successfully`",
+            ),
+            (
+                "services:\n  web:\n    image: nginx\n    mem_limit: lots\n",
+                "services.web.mem_limit: `lots` is not a size like 512m, 1g or 100k",
+            ),
+            (
+                "services:\n  web:\n    image: nginx\n    healthcheck:\n      interval: 10\n",
+                "services.web.healthcheck.interval: invalid type: integer `10`, expected a string",
+            ),
+            (
+                "services:\n  web:\n    image: nginx\n    env_file: [missing.env]\n",
+                "services.web.env_file: missing.env: no such file in the package (app/missing.env)",
+            ),
+            (
+                "services:\n  web:\n    image: nginx\n    env_file: ../../outside.env\n",
+                "services.web.env_file: ../../outside.env: leaves the package",
+            ),
+            (
+                "services:\n  web:\n    image: nginx\n    environment: [\"=x\"]\n",
+                "services.web.environment[0]: `=x` has no key before `=`",
+            ),
+            (
+                "services:\n  web:\n    image: nginx\n    command: \"echo 'open\"\n",
+                "services.web.command: cannot split `echo 'open` into words (unbalanced quotes?)",
+            ),
+            ("services: {}\n", "services: the file defines no services"),
+            (
+                "services:\n  \"bad name\":\n    image: x\n",
+                "services.bad name: invalid name (use letters, digits, `_`, `.` and `-`, starting with a letter or digit)",
+            ),
+            (
+                "services:\n  web:\n    image: nginx\nnetworks:\n  front:\n    name: custom\n",
+                "networks.front.name: a custom name is only supported with `external: true` (the agent names the objects it creates)",
+            ),
+        ];
+        for (yaml, expected) in cases {
+            assert_eq!(error_of(yaml), expected, "yaml:\n{yaml}");
+        }
+    }
+
+    #[test]
+    fn malformed_yaml_and_non_mappings_are_errors() {
+        assert!(error_of("services: [").starts_with("invalid YAML"));
+        assert_eq!(error_of(""), "the file is empty");
+        assert_eq!(
+            error_of("- a\n- b\n"),
+            "invalid type: sequence, expected a mapping of compose keys (services, networks, volumes)"
+        );
+        assert_eq!(
+            error_of("services:\n  web: [nginx]\n"),
+            "services.web: invalid type: sequence, expected a mapping of service keys"
+        );
+        assert_eq!(
+            error_of("services:\n  web:\n    image: nginx\n    ports: !reset []\n"),
+            "services.web.ports: YAML tag !reset is not supported"
+        );
+    }
+
+    #[test]
+    fn default_network_is_added_only_when_used() {
+        let project = load_str(
+            "services:\n  a:\n    image: x\n    networks: [back]\n  b:\n    image: x\nnetworks:\n  back:\n",
+        )
+        .expect("loads");
+        assert_eq!(service_named(&project, "b").networks, on_default());
+        assert_eq!(
+            project.networks,
+            vec![
+                default_network(),
+                Network {
+                    name: "back".into(),
+                    ..default_network()
+                }
+            ]
+        );
+
+        let project =
+            load_str("services:\n  a:\n    image: x\n    networks: [back]\nnetworks:\n  back:\n")
+                .expect("loads");
+        assert_eq!(
+            project
+                .networks
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>(),
+            ["back"]
+        );
+
+        // A declared default network is used as declared, not added twice.
+        let project = load_str(
+            "services:\n  a:\n    image: x\nnetworks:\n  default:\n    external: true\n    name: shared\n",
+        )
+        .expect("loads");
+        assert_eq!(
+            project.networks,
+            vec![Network {
+                external: Some("shared".into()),
+                ..default_network()
+            }]
+        );
+    }
+
+    #[test]
+    fn services_keep_file_order() {
+        let project = load_str(
+            "services:\n  zeta:\n    image: x\n  alpha:\n    image: x\n  mid:\n    image: x\n",
+        )
+        .expect("loads");
+        let names: Vec<&str> = project.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["zeta", "alpha", "mid"]);
+    }
+
+    #[test]
+    fn alternative_forms() {
+        let yaml = r#"
+services:
+  web:
+    image: nginx
+    restart: "on-failure:5"
+    environment:
+      - PLAIN=1
+      - EMPTY=
+      - FROM_VARS
+      - NOT_SET
+    env_file: [a.env, b.env]
+    labels:
+      count: 3
+      flag: true
+      empty:
+    ports:
+      - 9000-9001:90-91/udp
+      - 53
+    volumes:
+      - type: volume
+        source: data
+        target: /data
+        read_only: "${RO}"
+      - type: tmpfs
+        target: /cache
+        tmpfs:
+          size: 1g
+      - .:/pkg
+    tmpfs: ["/run", "/var/run:size=1k"]
+    depends_on: [db]
+    healthcheck:
+      disable: true
+    entrypoint: ["/init", 7]
+    mem_limit: 1048576
+    cpus: "0.5"
+  db:
+    image: pg
+    restart: no
+volumes:
+  data:
+    driver: local
+    driver_opts:
+      type: none
+      o: bind
+    labels: ["tier=db"]
+  shared:
+    external:
+      name: team-shared
+"#;
+        let package = files(&[
+            ("app/a.env", "A=1\nSHARED=a\n"),
+            ("app/b.env", "SHARED=b\n"),
+        ]);
+        let variables = strings(&[("FROM_VARS", "v"), ("RO", "true")]);
+        let project =
+            load("app/compose.yaml", yaml.as_bytes(), &variables, &package).expect("loads");
+        let web = service_named(&project, "web");
+        assert_eq!(web.restart.as_deref(), Some("on-failure:5"));
+        // YAML 1.2 keeps an unquoted `no` a string, as compose files write it.
+        assert_eq!(service_named(&project, "db").restart.as_deref(), Some("no"));
+        assert_eq!(
+            web.environment,
+            strings(&[
+                ("A", "1"),
+                ("EMPTY", ""),
+                ("FROM_VARS", "v"),
+                ("PLAIN", "1"),
+                ("SHARED", "b")
+            ])
+        );
+        assert_eq!(
+            web.labels,
+            strings(&[("count", "3"), ("empty", ""), ("flag", "true")])
+        );
+        let udp = |host, container| Port {
+            host_ip: None,
+            host_port: Some(host),
+            container_port: container,
+            protocol: "udp".into(),
+        };
+        assert_eq!(
+            web.ports,
+            vec![
+                udp(9000, 90),
+                udp(9001, 91),
+                Port {
+                    host_ip: None,
+                    host_port: None,
+                    container_port: 53,
+                    protocol: "tcp".into()
+                },
+            ]
+        );
+        assert_eq!(
+            web.mounts,
+            vec![
+                Mount::Volume {
+                    source: "data".into(),
+                    target: "/data".into(),
+                    read_only: true
+                },
+                Mount::Tmpfs {
+                    target: "/cache".into(),
+                    size: Some(1 << 30)
+                },
+                Mount::Bind {
+                    source: BindSource::Package("app".into()),
+                    target: "/pkg".into(),
+                    read_only: false
+                },
+                Mount::Tmpfs {
+                    target: "/run".into(),
+                    size: None
+                },
+                Mount::Tmpfs {
+                    target: "/var/run".into(),
+                    size: Some(1024)
+                },
+            ]
+        );
+        assert_eq!(
+            web.depends_on,
+            vec![Dependency {
+                service: "db".into(),
+                condition: Condition::Started
+            }]
+        );
+        assert_eq!(web.healthcheck.map(|h| h.test), Some(vec!["NONE".into()]));
+        assert_eq!(web.entrypoint, Some(vec!["/init".into(), "7".into()]));
+        assert_eq!(web.mem_limit, Some(1_048_576));
+        assert_eq!(web.nano_cpus, Some(500_000_000));
+        assert_eq!(
+            project.volumes,
+            vec![
+                Volume {
+                    name: "data".into(),
+                    driver: Some("local".into()),
+                    driver_opts: strings(&[("type", "none"), ("o", "bind")]),
+                    external: None,
+                    labels: strings(&[("tier", "db")]),
+                },
+                Volume {
+                    name: "shared".into(),
+                    driver: None,
+                    driver_opts: BTreeMap::new(),
+                    external: Some("team-shared".into()),
+                    labels: BTreeMap::new(),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn bind_sources_resolve_against_the_compose_directory() {
+        let yaml = "services:\n  web:\n    image: x\n    volumes:\n      - ../shared/conf:/conf\n      - ./:/pkg\n";
+        let project = load(
+            "deep/app/compose.yaml",
+            yaml.as_bytes(),
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        )
+        .expect("loads");
+        let sources: Vec<&Mount> = project.services[0].mounts.iter().collect();
+        assert_eq!(
+            sources,
+            [
+                &Mount::Bind {
+                    source: BindSource::Package("deep/shared/conf".into()),
+                    target: "/conf".into(),
+                    read_only: false
+                },
+                &Mount::Bind {
+                    source: BindSource::Package("deep/app".into()),
+                    target: "/pkg".into(),
+                    read_only: false
+                },
+            ]
+        );
+        // At the package root, `..` already leaves the package.
+        let escaping = load(
+            "compose.yaml",
+            b"services:\n  web:\n    image: x\n    volumes: [\"../x:/x\"]\n",
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
+        assert!(
+            matches!(&escaping, Err(Error::Compose { message, .. }) if message == "services.web.volumes[0]: bind source ../x leaves the package"),
+            "{escaping:?}"
+        );
+    }
+
+    #[test]
+    fn external_objects_take_no_configuration() {
+        assert_eq!(
+            error_of(
+                "services:\n  web:\n    image: x\nnetworks:\n  n:\n    external: true\n    driver: bridge\n"
+            ),
+            "networks.n: an external network takes no driver, internal or labels"
+        );
+        assert_eq!(
+            error_of(
+                "services:\n  web:\n    image: x\nvolumes:\n  v:\n    external: true\n    driver_opts: {o: x}\n"
+            ),
+            "volumes.v: an external volume takes no driver, driver_opts or labels"
+        );
+        let project =
+            load_str("services:\n  web:\n    image: x\nvolumes:\n  v:\n    external: true\n")
+                .expect("loads");
+        assert_eq!(project.volumes[0].external.as_deref(), Some("v"));
+    }
+
+    #[test]
+    fn healthcheck_disable_conflicts_with_test() {
+        assert_eq!(
+            error_of(
+                "services:\n  web:\n    image: x\n    healthcheck:\n      disable: true\n      test: [\"CMD\", \"true\"]\n"
+            ),
+            "services.web.healthcheck: `disable` and `test` cannot both be set"
+        );
+        assert_eq!(
+            error_of(
+                "services:\n  web:\n    image: x\n    healthcheck:\n      test: [\"CMD-SHELL\"]\n"
+            ),
+            "services.web.healthcheck.test: a test list must be [\"CMD\", args...], [\"CMD-SHELL\", command] or [\"NONE\"]"
+        );
+    }
+}

@@ -1,0 +1,810 @@
+//! The typed compose model: exactly the keys this device supports. Every struct denies unknown
+//! keys, so nothing in a compose file is silently dropped, and the "string or list" / "list or
+//! map" forms are hand-written visitors (not untagged enums) so an error inside one still
+//! carries its key path through `serde_path_to_error`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::Deserialize;
+use serde::de::value::{MapAccessDeserializer, StrDeserializer};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Unexpected, Visitor};
+
+use super::syntax::{self, MountDef};
+use crate::spec::{Condition, Port};
+
+/// A whole compose file.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping of compose keys (services, networks, volumes)"
+)]
+pub(super) struct ComposeFile {
+    /// Obsolete in compose; accepted so older files load.
+    #[serde(default, rename = "version")]
+    _version: Option<IgnoredAny>,
+    /// The project name; the agent names projects after deployments instead.
+    #[serde(default, rename = "name")]
+    _name: Option<IgnoredAny>,
+    pub services: Option<Named<ServiceDef>>,
+    pub networks: Option<Named<Option<NetworkDef>>>,
+    pub volumes: Option<Named<Option<VolumeDef>>>,
+}
+
+/// One entry of `services`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping of service keys")]
+pub(super) struct ServiceDef {
+    pub image: Option<String>,
+    pub command: Option<Command>,
+    pub entrypoint: Option<Command>,
+    pub environment: Option<Entries>,
+    pub env_file: Option<OneOrMany<String>>,
+    pub ports: Option<Vec<PortEntry>>,
+    pub volumes: Option<Vec<MountEntry>>,
+    pub networks: Option<ServiceNetworks>,
+    pub depends_on: Option<DependsOn>,
+    pub healthcheck: Option<HealthcheckDef>,
+    pub restart: Option<Restart>,
+    pub labels: Option<Entries>,
+    pub user: Option<Text>,
+    pub working_dir: Option<String>,
+    pub cap_add: Option<Vec<String>>,
+    pub cap_drop: Option<Vec<String>>,
+    pub read_only: Option<Flag>,
+    pub tmpfs: Option<OneOrMany<TmpfsEntry>>,
+    pub mem_limit: Option<ByteSize>,
+    pub cpus: Option<Cpus>,
+    pub logging: Option<LoggingDef>,
+}
+
+/// A service's `healthcheck`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping of healthcheck keys")]
+pub(super) struct HealthcheckDef {
+    pub test: Option<HealthTest>,
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub retries: Option<Integer>,
+    pub start_period: Option<Duration>,
+    pub disable: Option<Flag>,
+}
+
+/// A service's `logging`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with driver and options")]
+pub(super) struct LoggingDef {
+    pub driver: Option<String>,
+    pub options: Option<BTreeMap<String, Text>>,
+}
+
+/// One entry of top-level `networks`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping of network keys")]
+pub(super) struct NetworkDef {
+    pub driver: Option<String>,
+    pub internal: Option<Flag>,
+    pub external: Option<External>,
+    pub name: Option<String>,
+    pub labels: Option<Entries>,
+}
+
+/// One entry of top-level `volumes`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping of volume keys")]
+pub(super) struct VolumeDef {
+    pub driver: Option<String>,
+    pub driver_opts: Option<BTreeMap<String, Text>>,
+    pub external: Option<External>,
+    pub name: Option<String>,
+    pub labels: Option<Entries>,
+}
+
+/// A mapping whose keys are names the file chooses, kept in file order.
+pub(super) struct Named<T>(pub Vec<(String, T)>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Named<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(NamedVisitor(PhantomData))
+    }
+}
+
+struct NamedVisitor<T>(PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for NamedVisitor<T> {
+    type Value = Named<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a mapping of names")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(name) = map.next_key::<String>()? {
+            entries.push((name, map.next_value()?));
+        }
+        Ok(Named(entries))
+    }
+}
+
+/// One value or a list of them (`env_file`, `tmpfs`).
+pub(super) struct OneOrMany<T>(pub Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(OneOrManyVisitor(PhantomData))
+    }
+}
+
+struct OneOrManyVisitor<T>(PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for OneOrManyVisitor<T> {
+    type Value = OneOrMany<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string or a list of strings")
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        Ok(OneOrMany(vec![T::deserialize(StrDeserializer::new(
+            value,
+        ))?]))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(OneOrMany(items))
+    }
+}
+
+/// `command` or `entrypoint`: a string split like a shell, or a list taken as is.
+pub(super) struct Command(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(CommandVisitor)
+    }
+}
+
+struct CommandVisitor;
+
+impl<'de> Visitor<'de> for CommandVisitor {
+    type Value = Command;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string or a list of strings")
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        shlex::split(value).map(Command).ok_or_else(|| {
+            E::custom(format!(
+                "cannot split `{value}` into words (unbalanced quotes?)"
+            ))
+        })
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut words = Vec::new();
+        while let Some(Text(word)) = seq.next_element()? {
+            words.push(word);
+        }
+        Ok(Command(words))
+    }
+}
+
+/// `environment` or `labels`: a mapping, or a list of `KEY=VALUE` / bare `KEY` entries. A bare
+/// key (or a null value) is `None`.
+pub(super) struct Entries(pub Vec<(String, Option<String>)>);
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(EntriesVisitor)
+    }
+}
+
+struct EntriesVisitor;
+
+impl<'de> Visitor<'de> for EntriesVisitor {
+    type Value = Entries;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a mapping or a list of KEY=VALUE strings")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value: Option<Text> = map.next_value()?;
+            entries.push((key, value.map(|Text(text)| text)));
+        }
+        Ok(Entries(entries))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(KeyValue(key, value)) = seq.next_element()? {
+            entries.push((key, value));
+        }
+        Ok(Entries(entries))
+    }
+}
+
+/// One `KEY=VALUE` or bare `KEY` list entry.
+struct KeyValue(String, Option<String>);
+
+impl<'de> Deserialize<'de> for KeyValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let (key, value) = match text.split_once('=') {
+            Some((key, value)) => (key, Some(value.to_owned())),
+            None => (text.as_str(), None),
+        };
+        if key.is_empty() {
+            return Err(de::Error::custom(format!("`{text}` has no key before `=`")));
+        }
+        Ok(KeyValue(key.to_owned(), value))
+    }
+}
+
+/// A service's `networks`: a list of names or a mapping of names to attachment options.
+pub(super) struct ServiceNetworks(pub Vec<(String, Vec<String>)>);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with aliases")]
+struct AttachmentDef {
+    aliases: Option<Vec<String>>,
+}
+
+impl<'de> Deserialize<'de> for ServiceNetworks {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ServiceNetworksVisitor)
+    }
+}
+
+struct ServiceNetworksVisitor;
+
+impl<'de> Visitor<'de> for ServiceNetworksVisitor {
+    type Value = ServiceNetworks;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of network names or a mapping of networks")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut networks = Vec::new();
+        while let Some(name) = seq.next_element::<String>()? {
+            networks.push((name, Vec::new()));
+        }
+        Ok(ServiceNetworks(networks))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut networks = Vec::new();
+        while let Some(name) = map.next_key::<String>()? {
+            let attachment: Option<AttachmentDef> = map.next_value()?;
+            let aliases = attachment.and_then(|a| a.aliases).unwrap_or_default();
+            networks.push((name, aliases));
+        }
+        Ok(ServiceNetworks(networks))
+    }
+}
+
+/// A service's `depends_on`: a list of service names or a mapping with conditions.
+pub(super) struct DependsOn(pub Vec<(String, Condition)>);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with condition")]
+struct DependencyDef {
+    condition: Option<ConditionDef>,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "service_started, service_healthy or service_completed_successfully")]
+enum ConditionDef {
+    #[serde(rename = "service_started")]
+    Started,
+    #[serde(rename = "service_healthy")]
+    Healthy,
+    #[serde(rename = "service_completed_successfully")]
+    CompletedSuccessfully,
+}
+
+impl<'de> Deserialize<'de> for DependsOn {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(DependsOnVisitor)
+    }
+}
+
+struct DependsOnVisitor;
+
+impl<'de> Visitor<'de> for DependsOnVisitor {
+    type Value = DependsOn;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of service names or a mapping of services to conditions")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut dependencies = Vec::new();
+        while let Some(service) = seq.next_element::<String>()? {
+            dependencies.push((service, Condition::Started));
+        }
+        Ok(DependsOn(dependencies))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut dependencies = Vec::new();
+        while let Some(service) = map.next_key::<String>()? {
+            let dependency: Option<DependencyDef> = map.next_value()?;
+            let condition = match dependency.and_then(|d| d.condition) {
+                None | Some(ConditionDef::Started) => Condition::Started,
+                Some(ConditionDef::Healthy) => Condition::Healthy,
+                Some(ConditionDef::CompletedSuccessfully) => Condition::CompletedSuccessfully,
+            };
+            dependencies.push((service, condition));
+        }
+        Ok(DependsOn(dependencies))
+    }
+}
+
+/// One `ports` entry, short or long syntax; a short range gives several ports.
+pub(super) struct PortEntry(pub Vec<Port>);
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with target, published, host_ip and protocol"
+)]
+struct LongPort {
+    target: PortNumber,
+    published: Option<PortNumber>,
+    host_ip: Option<String>,
+    protocol: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for PortEntry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(PortEntryVisitor)
+    }
+}
+
+struct PortEntryVisitor;
+
+impl<'de> Visitor<'de> for PortEntryVisitor {
+    type Value = PortEntry;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a port like \"8080:80\" or a mapping with target and published")
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        syntax::parse_port(value).map(PortEntry).map_err(E::custom)
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+        self.visit_str(&value.to_string())
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+        self.visit_str(&value.to_string())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let long = LongPort::deserialize(MapAccessDeserializer::new(map))?;
+        let host_ip = long
+            .host_ip
+            .map(|ip| syntax::parse_host_ip(&ip))
+            .transpose()
+            .map_err(de::Error::custom)?;
+        let protocol = syntax::parse_protocol(long.protocol.as_deref().unwrap_or("tcp"))
+            .map_err(de::Error::custom)?;
+        Ok(PortEntry(vec![Port {
+            host_ip,
+            host_port: long.published.map(|PortNumber(port)| port),
+            container_port: long.target.0,
+            protocol,
+        }]))
+    }
+}
+
+/// A port number written as a number or a string.
+struct PortNumber(u16);
+
+impl<'de> Deserialize<'de> for PortNumber {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let Text(text) = Text::deserialize(deserializer)?;
+        syntax::parse_port_number(&text)
+            .map(PortNumber)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// One `volumes` entry of a service, short or long syntax.
+pub(super) struct MountEntry(pub MountDef);
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with type, source, target and read_only"
+)]
+struct LongMount {
+    #[serde(rename = "type")]
+    kind: MountKind,
+    source: Option<String>,
+    target: String,
+    read_only: Option<Flag>,
+    tmpfs: Option<TmpfsOptions>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", expecting = "volume, bind or tmpfs")]
+enum MountKind {
+    Volume,
+    Bind,
+    Tmpfs,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with size")]
+struct TmpfsOptions {
+    size: Option<ByteSize>,
+}
+
+impl<'de> Deserialize<'de> for MountEntry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(MountEntryVisitor)
+    }
+}
+
+struct MountEntryVisitor;
+
+impl<'de> Visitor<'de> for MountEntryVisitor {
+    type Value = MountEntry;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a volume like \"data:/path\" or a mapping with type, source and target")
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        syntax::parse_short_volume(value)
+            .map(MountEntry)
+            .map_err(E::custom)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let long = LongMount::deserialize(MapAccessDeserializer::new(map))?;
+        long_mount(long).map(MountEntry).map_err(de::Error::custom)
+    }
+}
+
+fn long_mount(long: LongMount) -> Result<MountDef, String> {
+    let target = syntax::check_target(&long.target)?;
+    let read_only = long.read_only.is_some_and(|Flag(flag)| flag);
+    if long.tmpfs.is_some() && long.kind != MountKind::Tmpfs {
+        return Err("`tmpfs` options only apply to type tmpfs".to_owned());
+    }
+    match (long.kind, long.source) {
+        (MountKind::Volume, Some(source)) if !source.is_empty() => Ok(MountDef::Volume {
+            source,
+            target,
+            read_only,
+        }),
+        (MountKind::Volume, _) => {
+            Err("a volume mount needs a source: anonymous volumes are not supported".to_owned())
+        }
+        (MountKind::Bind, Some(source)) if !source.is_empty() => Ok(MountDef::Bind {
+            source,
+            target,
+            read_only,
+        }),
+        (MountKind::Bind, _) => Err("a bind mount needs a source".to_owned()),
+        (MountKind::Tmpfs, Some(_)) => Err("a tmpfs mount takes no source".to_owned()),
+        (MountKind::Tmpfs, None) if read_only => {
+            Err("a tmpfs mount cannot be read-only".to_owned())
+        }
+        (MountKind::Tmpfs, None) => Ok(MountDef::Tmpfs {
+            target,
+            size: long
+                .tmpfs
+                .and_then(|options| options.size)
+                .map(|ByteSize(size)| size),
+        }),
+    }
+}
+
+/// One entry of a service's `tmpfs`: `/path` or `/path:size=64m`.
+pub(super) struct TmpfsEntry(pub MountDef);
+
+impl<'de> Deserialize<'de> for TmpfsEntry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        syntax::parse_tmpfs(&text)
+            .map(TmpfsEntry)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// A healthcheck `test`: a string runs in a shell, a list is the engine form.
+pub(super) struct HealthTest(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for HealthTest {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let OneOrManyOrShell(test) = OneOrManyOrShell::deserialize(deserializer)?;
+        match test.first().map(String::as_str) {
+            Some("NONE") if test.len() == 1 => Ok(HealthTest(test)),
+            Some("CMD") if test.len() >= 2 => Ok(HealthTest(test)),
+            Some("CMD-SHELL") if test.len() == 2 => Ok(HealthTest(test)),
+            _ => Err(de::Error::custom(
+                "a test list must be [\"CMD\", args...], [\"CMD-SHELL\", command] or [\"NONE\"]",
+            )),
+        }
+    }
+}
+
+/// A string becomes `["CMD-SHELL", string]`; a list is taken as is.
+struct OneOrManyOrShell(Vec<String>);
+
+impl<'de> Deserialize<'de> for OneOrManyOrShell {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ShellVisitor)
+    }
+}
+
+struct ShellVisitor;
+
+impl<'de> Visitor<'de> for ShellVisitor {
+    type Value = OneOrManyOrShell;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a shell command string or a list of strings")
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        Ok(OneOrManyOrShell(vec![
+            "CMD-SHELL".to_owned(),
+            value.to_owned(),
+        ]))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut words = Vec::new();
+        while let Some(word) = seq.next_element::<String>()? {
+            words.push(word);
+        }
+        Ok(OneOrManyOrShell(words))
+    }
+}
+
+/// `external` of a network or volume: a boolean, or the older `{name: ...}` form.
+pub(super) enum External {
+    /// `external: true` or `external: false`.
+    Flag(bool),
+    /// `external: {name: ...}`, which means external.
+    Named(Option<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with name")]
+struct ExternalDef {
+    name: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for External {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ExternalVisitor)
+    }
+}
+
+struct ExternalVisitor;
+
+impl<'de> Visitor<'de> for ExternalVisitor {
+    type Value = External;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("true, false or a mapping with name")
+    }
+
+    fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
+        Ok(External::Flag(value))
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        FlagVisitor
+            .visit_str(value)
+            .map(|Flag(flag)| External::Flag(flag))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let external = ExternalDef::deserialize(MapAccessDeserializer::new(map))?;
+        Ok(External::Named(external.name))
+    }
+}
+
+/// A scalar taken as text: compose writes `user: 1000` or `KEY: 5` and means the string.
+pub(super) struct Text(pub String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(TextVisitor)
+    }
+}
+
+struct TextVisitor;
+
+impl<'de> Visitor<'de> for TextVisitor {
+    type Value = Text;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string, number or boolean")
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        Ok(Text(value.to_owned()))
+    }
+
+    fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
+        Ok(Text(value.to_string()))
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+        Ok(Text(value.to_string()))
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+        Ok(Text(value.to_string()))
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<Self::Value, E> {
+        Ok(Text(value.to_string()))
+    }
+}
+
+/// A boolean, also as the string `true` or `false` (what interpolation leaves).
+pub(super) struct Flag(pub bool);
+
+impl<'de> Deserialize<'de> for Flag {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(FlagVisitor)
+    }
+}
+
+struct FlagVisitor;
+
+impl<'de> Visitor<'de> for FlagVisitor {
+    type Value = Flag;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("true or false")
+    }
+
+    fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
+        Ok(Flag(value))
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        match value {
+            "true" => Ok(Flag(true)),
+            "false" => Ok(Flag(false)),
+            other => Err(E::invalid_value(Unexpected::Str(other), &self)),
+        }
+    }
+}
+
+/// An integer, also as a string (what interpolation leaves).
+pub(super) struct Integer(pub i64);
+
+impl<'de> Deserialize<'de> for Integer {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(IntegerVisitor)
+    }
+}
+
+struct IntegerVisitor;
+
+impl<'de> Visitor<'de> for IntegerVisitor {
+    type Value = Integer;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an integer")
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+        Ok(Integer(value))
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+        i64::try_from(value)
+            .map(Integer)
+            .map_err(|_| E::invalid_value(Unexpected::Unsigned(value), &self))
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        value
+            .parse()
+            .map(Integer)
+            .map_err(|_| E::invalid_value(Unexpected::Str(value), &self))
+    }
+}
+
+/// A byte size: a number of bytes or a string like `512m`.
+pub(super) struct ByteSize(pub i64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ByteSizeVisitor)
+    }
+}
+
+struct ByteSizeVisitor;
+
+impl<'de> Visitor<'de> for ByteSizeVisitor {
+    type Value = ByteSize;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a number of bytes or a size like 512m")
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+        if value < 0 {
+            return Err(E::invalid_value(Unexpected::Signed(value), &self));
+        }
+        Ok(ByteSize(value))
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+        i64::try_from(value)
+            .map(ByteSize)
+            .map_err(|_| E::invalid_value(Unexpected::Unsigned(value), &self))
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<Self::Value, E> {
+        syntax::bytes_from_float(value)
+            .map(ByteSize)
+            .ok_or_else(|| E::invalid_value(Unexpected::Float(value), &self))
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        syntax::parse_bytes(value).map(ByteSize).map_err(E::custom)
+    }
+}
+
+/// `cpus` as billionths of a CPU; written as a number or a string.
+pub(super) struct Cpus(pub i64);
+
+impl<'de> Deserialize<'de> for Cpus {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let Text(text) = Text::deserialize(deserializer)?;
+        let cpus: f64 = text
+            .parse()
+            .map_err(|_| de::Error::custom(format!("`{text}` is not a CPU count")))?;
+        syntax::nano_cpus(cpus).map(Cpus).map_err(de::Error::custom)
+    }
+}
+
+/// A duration in compose syntax (`1m30s`), in nanoseconds.
+pub(super) struct Duration(pub i64);
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        syntax::parse_duration(&text)
+            .map(Duration)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// A checked restart policy.
+pub(super) struct Restart(pub String);
+
+impl<'de> Deserialize<'de> for Restart {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        syntax::parse_restart(&text)
+            .map(Restart)
+            .map_err(de::Error::custom)
+    }
+}
