@@ -1,4 +1,12 @@
-//! Shared parts of the woa services.
+//! Shared parts of the woa services: the Margo data model, configuration loading, the local PKI,
+//! atomic state files, logging and shutdown.
+
+pub mod config;
 mod error;
-pub use error::{Error, Result};
 pub mod margo;
+pub mod pki;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+
+pub use error::{Error, Result};

@@ -1,0 +1,86 @@
+//! A tiny std-only program for test images: `FROM scratch` holds nothing else, so it is its own
+//! server, health probe and idle process.
+//!
+//! - `testapp serve PORT`: answers every HTTP request with `$MESSAGE` (or "ok"); exits 1 at start
+//!   when `$FAIL_AT_START` is set, to test crashing workloads.
+//! - `testapp probe PORT`: exits 0 when 127.0.0.1:PORT answers, else 1 (a HEALTHCHECK).
+//! - `testapp sleep`: idles until killed.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::ExitCode;
+use std::time::Duration;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["serve", port] => serve(port),
+        ["probe", port] => probe(port),
+        ["sleep"] => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+        _ => {
+            eprintln!("usage: testapp serve PORT | probe PORT | sleep");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(port: &str) -> ExitCode {
+    if std::env::var_os("FAIL_AT_START").is_some() {
+        eprintln!("FAIL_AT_START is set");
+        return ExitCode::from(1);
+    }
+    let listener = match TcpListener::bind(format!("0.0.0.0:{port}")) {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("bind {port}: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let message = std::env::var("MESSAGE").unwrap_or_else(|_| "ok".to_owned());
+    for stream in listener.incoming().flatten() {
+        let message = message.clone();
+        std::thread::spawn(move || answer(stream, &message));
+    }
+    ExitCode::SUCCESS
+}
+
+fn answer(mut stream: TcpStream, message: &str) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    // Read the request head only; its content does not matter.
+    let mut buf = [0u8; 4096];
+    let mut head = Vec::new();
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.len() > 65536 {
+            break;
+        }
+    }
+    let response = format!(
+        "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{message}",
+        message.len()
+    );
+    let _ = stream.write_all(response.as_bytes());
+}
+
+fn probe(port: &str) -> ExitCode {
+    let answered = (|| -> std::io::Result<bool> {
+        let addr = format!("127.0.0.1:{port}")
+            .parse()
+            .map_err(|_| std::io::Error::other("bad port"))?;
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response)?;
+        Ok(response.starts_with(b"HTTP/1.0 200"))
+    })();
+    match answered {
+        Ok(true) => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    }
+}
