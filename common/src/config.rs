@@ -33,7 +33,7 @@ pub fn load<T: Serialize + DeserializeOwned + Default>(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::result_large_err)]
     use super::*;
     use serde::Deserialize;
 
@@ -57,11 +57,19 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("WOA_T__NESTED__CA", "y");
             let c: Sample = load(Some(&file), "WOA_T__").unwrap();
-            assert_eq!(c, Sample { listen: "a".into(), nested: Nested { ca: "y".into() } });
+            assert_eq!(
+                c,
+                Sample {
+                    listen: "a".into(),
+                    nested: Nested { ca: "y".into() }
+                }
+            );
             Ok(())
         });
         std::fs::write(&file, "lisen = \"a\"\n").unwrap();
-        let err = load::<Sample>(Some(&file), "WOA_T__").unwrap_err().to_string();
+        let err = load::<Sample>(Some(&file), "WOA_T__")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("lisen"), "{err}");
         let err = load::<Sample>(Some(&dir.path().join("nope.toml")), "WOA_T__").unwrap_err();
         assert!(err.to_string().contains("nope.toml"));

@@ -38,6 +38,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// A [`Error::File`] for `path`.
     pub fn file(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::File { path: path.into(), source }
+        Self::File {
+            path: path.into(),
+            source,
+        }
     }
 }

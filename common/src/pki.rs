@@ -40,13 +40,25 @@ pub fn init(dir: &Path, force: bool) -> Result<()> {
         p.extended_key_usages = vec![usage];
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let cert = p.signed_by(&key, &issuer).map_err(pki)?;
-        write_atomic(&dir.join(format!("{name}.pem")), cert.pem().as_bytes(), 0o644)?;
-        write_atomic(&dir.join(format!("{name}-key.pem")), key.serialize_pem().as_bytes(), 0o600)
+        write_atomic(
+            &dir.join(format!("{name}.pem")),
+            cert.pem().as_bytes(),
+            0o644,
+        )?;
+        write_atomic(
+            &dir.join(format!("{name}-key.pem")),
+            key.serialize_pem().as_bytes(),
+            0o600,
+        )
     };
     leaf("deploy", &SERVER_NAMES, ExtendedKeyUsagePurpose::ServerAuth)?;
     leaf("sync", &[], ExtendedKeyUsagePurpose::ClientAuth)?;
     leaf("operator", &[], ExtendedKeyUsagePurpose::ClientAuth)?;
-    write_atomic(&dir.join("ca-key.pem"), ca_key.serialize_pem().as_bytes(), 0o600)?;
+    write_atomic(
+        &dir.join("ca-key.pem"),
+        ca_key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
     // The CA certificate last: its presence means the set is complete.
     write_atomic(&ca_path, ca_cert.pem().as_bytes(), 0o644)
 }
@@ -84,7 +96,12 @@ mod tests {
             assert!(dir.path().join(format!("{name}.pem")).exists());
         }
         let ca = std::fs::read(dir.path().join("ca.pem")).unwrap();
-        assert!(init(dir.path(), false).unwrap_err().to_string().contains("--force"));
+        assert!(
+            init(dir.path(), false)
+                .unwrap_err()
+                .to_string()
+                .contains("--force")
+        );
         assert_eq!(std::fs::read(dir.path().join("ca.pem")).unwrap(), ca);
         init(dir.path(), true).unwrap();
         assert_ne!(std::fs::read(dir.path().join("ca.pem")).unwrap(), ca);

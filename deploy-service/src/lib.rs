@@ -1,8 +1,52 @@
-//! The woa deployment service.
+//! woa-deploy: runs Margo compose deployments on the Docker engine and serves the
+//! `woa.deploy.v1` contract over mutual TLS.
+//!
+//! `main.rs` is a thin shell over [`run`] and [`init_certs`], so tests can start the service
+//! in-process as well as as a process.
 
+mod agent;
+mod capabilities;
+mod compose;
+mod config;
+mod desired;
+mod docker;
 mod error;
 pub mod package;
+mod plan;
+mod runtime;
+mod server;
 mod spec;
-// Until the deployment runtime calls `compose::load`.
-#[allow(dead_code)]
-mod compose;
+
+use std::path::Path;
+
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::{Error, Result};
+
+/// Builds the service from `config` (connect to the engine, bind the port) and runs it until
+/// `cancel`.
+pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
+    let fetcher = package::PackageFetcher::new(&config.packages)?;
+    let runtime = docker::DockerRuntime::connect(config.registries.clone()).await?;
+    let bound = server::bind(&config).await?;
+    let settings = agent::AgentSettings {
+        state_dir: config.state_dir.clone(),
+        resync_interval: config.resync_interval,
+        remove_volumes: config.remove_volumes,
+    };
+    let agent = agent::Agent::new(runtime, fetcher, settings)?;
+    tracing::info!(listen = ?bound.local_addr(), state_dir = %config.state_dir.display(), "woa-deploy serving");
+    let reconciler = tokio::spawn(agent.clone().run(cancel.clone()));
+    let served = bound
+        .serve(agent, config.device.clone(), cancel.clone())
+        .await;
+    cancel.cancel();
+    let _ = reconciler.await;
+    served
+}
+
+/// Creates the local PKI in `dir` (see `woa-deploy certs init`).
+pub fn init_certs(dir: &Path, force: bool) -> Result<()> {
+    Ok(woa_common::pki::init(dir, force)?)
+}

@@ -1,1 +1,24 @@
-//! Test kit for woa.
+//! Test kit for woa: starts the real parts (woa-deploy, a local OCI registry, test images on the
+//! local Docker engine) and drives them through the same tools an operator uses (grpcurl, the
+//! docker CLI), so integration tests prove behaviour the way a device owner would see it.
+//!
+//! Every helper talks to real processes; nothing here mocks the engine.
+
+mod archive;
+mod binaries;
+mod deploy;
+mod desired;
+mod docker;
+mod image;
+mod pki;
+mod registry;
+mod util;
+
+pub use archive::tar_gz;
+pub use deploy::{Deploy, DeployOptions, Identity};
+pub use desired::{AppDeployment, DesiredState};
+pub use docker::{Cleanup, Container, containers, networks, remove_container};
+pub use image::testapp_image;
+pub use pki::Pki;
+pub use registry::{Registry, RegistryLogin};
+pub use util::{Outcome, base64, http_get, new_deployment_id, wait_until};

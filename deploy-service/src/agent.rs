@@ -1,0 +1,590 @@
+//! The deployment agent: holds the desired state, reconciles the engine towards it and
+//! publishes the current state. `reconcile_once` observes, plans and applies; `run` only
+//! schedules passes (on apply, on the resync timer, with backoff after engine errors).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, Notify, watch};
+use tokio_util::sync::CancellationToken;
+use woa_common::margo::{ComponentStatus, DeploymentState, DeploymentStatusManifest, StatusError};
+use woa_common::store;
+use woa_proto::v1 as pb;
+
+use crate::desired::{self, DesiredState, status_error};
+use crate::package::PackageFetcher;
+use crate::plan::{self, Step};
+use crate::runtime::{ContainerRuntime, Observed, ObservedContainer, Owner};
+use crate::spec::Condition;
+use crate::{Error, Result};
+
+/// How long a container may take to reach the condition a dependent waits for.
+const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Settings of the agent.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    /// Where state is kept.
+    pub state_dir: PathBuf,
+    /// Period of drift checks.
+    pub resync_interval: Duration,
+    /// Remove named volumes of removed deployments.
+    pub remove_volumes: bool,
+}
+
+/// The deployment agent over a container runtime.
+pub struct Agent<R> {
+    runtime: R,
+    fetcher: PackageFetcher,
+    settings: AgentSettings,
+    desired: Mutex<DesiredState>,
+    /// Apply errors by component, from the last pass that touched it.
+    errors: Mutex<HashMap<Owner, StatusError>>,
+    /// Deployments removed since start, reported `removed` until they come back.
+    removed: Mutex<BTreeMap<String, String>>,
+    wake: Notify,
+    current: watch::Sender<pb::CurrentState>,
+    /// One apply or reconcile at a time.
+    pass: Mutex<()>,
+}
+
+impl<R: ContainerRuntime> Agent<R> {
+    /// Loads the stored desired state (if any) and sets the agent up.
+    pub fn new(runtime: R, fetcher: PackageFetcher, settings: AgentSettings) -> Result<Arc<Self>> {
+        let desired =
+            store::load_json(&settings.state_dir.join("desired.json"))?.unwrap_or_default();
+        Ok(Arc::new(Self {
+            runtime,
+            fetcher,
+            settings,
+            desired: Mutex::new(desired),
+            errors: Mutex::default(),
+            removed: Mutex::default(),
+            wake: Notify::new(),
+            current: watch::channel(pb::CurrentState::default()).0,
+            pass: Mutex::new(()),
+        }))
+    }
+
+    /// The runtime, for capabilities.
+    pub fn runtime(&self) -> &R {
+        &self.runtime
+    }
+
+    /// Replaces the desired state; returns once it is stored. Re-applying the held revision
+    /// does nothing.
+    pub async fn apply(
+        &self,
+        req: pb::ApplyDesiredStateRequest,
+    ) -> Result<pb::ApplyDesiredStateResponse> {
+        let mut desired = self.desired.lock().await;
+        if !desired.revision.is_empty() && desired.revision == req.revision {
+            return Ok(response(&desired, false));
+        }
+        let documents: Vec<(String, Vec<u8>)> = req
+            .deployments
+            .into_iter()
+            .map(|d| (d.path, d.yaml))
+            .collect();
+        let artifacts: BTreeMap<String, Vec<u8>> = req.artifacts.into_iter().collect();
+        let next = desired::resolve(
+            &req.revision,
+            &documents,
+            &artifacts,
+            &desired,
+            &self.fetcher,
+            &self.settings.state_dir.join("packages"),
+        )
+        .await;
+        store::save_json(&self.settings.state_dir.join("desired.json"), &next)?;
+        tracing::info!(revision = %next.revision, deployments = next.deployments.len(), rejected = next.rejected.len(), "desired state stored");
+        *desired = next;
+        let response = response(&desired, true);
+        drop(desired);
+        self.wake.notify_one();
+        Ok(response)
+    }
+
+    /// Subscribes to the current state.
+    pub fn watch(&self) -> watch::Receiver<pb::CurrentState> {
+        self.current.subscribe()
+    }
+
+    /// Reconciles until `cancel`: after every apply, every resync interval, and with growing
+    /// delays while the engine fails.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut failures = 0u32;
+        loop {
+            let delay = match self.reconcile_once().await {
+                Ok(()) => {
+                    failures = 0;
+                    self.settings.resync_interval
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, failures, "reconcile pass failed");
+                    backoff(failures).min(self.settings.resync_interval)
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One pass: observe, plan, apply, publish.
+    #[tracing::instrument(skip(self), fields(revision))]
+    pub async fn reconcile_once(&self) -> Result<()> {
+        let _pass = self.pass.lock().await;
+        let desired = self.desired.lock().await.clone();
+        tracing::Span::current().record("revision", desired.revision.as_str());
+        let observed = self.runtime.observe().await?;
+        let steps = plan::plan(
+            &desired.deployments,
+            &observed,
+            self.settings.remove_volumes,
+        );
+        if !steps.is_empty() {
+            self.publish(&desired, &observed).await;
+        }
+        let mut failed: HashMap<Owner, StatusError> = HashMap::new();
+        let mut touched: Vec<Owner> = Vec::new();
+        for step in steps {
+            let owner = step.owner().cloned();
+            if let Some(o) = &owner {
+                if failed.contains_key(o) {
+                    continue; // Later steps of a failed component would fail the same way.
+                }
+                touched.push(o.clone());
+            }
+            if let Err(e) = self.execute(&step).await {
+                tracing::warn!(error = %e, ?owner, "step failed");
+                if let Some(o) = owner {
+                    failed.insert(o, status_error(&e));
+                }
+            }
+        }
+        {
+            let mut errors = self.errors.lock().await;
+            for o in touched {
+                errors.remove(&o);
+            }
+            errors.extend(failed);
+        }
+        let observed = self.runtime.observe().await?;
+        self.publish(&desired, &observed).await;
+        Ok(())
+    }
+
+    async fn execute(&self, step: &Step) -> Result<()> {
+        match step {
+            Step::RemoveContainer { id, name } => {
+                tracing::info!(container = %name, "removing container");
+                self.runtime.remove_container(id).await
+            }
+            Step::RemoveNetwork(name) => self.runtime.remove_network(name).await,
+            Step::RemoveVolume(name) => self.runtime.remove_volume(name).await,
+            Step::CreateNetwork {
+                name,
+                owner,
+                network,
+            } => self.runtime.create_network(name, owner, network).await,
+            Step::CreateVolume {
+                name,
+                owner,
+                volume,
+            } => self.runtime.create_volume(name, owner, volume).await,
+            Step::Create {
+                plan,
+                replaces,
+                after,
+            } => {
+                // Pull before anything is stopped, so a failed pull leaves the old one running.
+                self.runtime.ensure_image(&plan.service.image).await?;
+                self.wait_for(after).await?;
+                if let Some(old) = replaces {
+                    self.runtime.remove_container(old).await?;
+                }
+                tracing::info!(container = %plan.name, image = %plan.service.image, "creating container");
+                let id = self.runtime.create_container(plan).await?;
+                self.runtime.start_container(&id).await
+            }
+            Step::Start {
+                id, name, after, ..
+            } => {
+                self.wait_for(after).await?;
+                tracing::info!(container = %name, "starting container again");
+                self.runtime.start_container(id).await
+            }
+        }
+    }
+
+    /// Waits until every named container reaches its condition.
+    async fn wait_for(&self, after: &[(String, Condition)]) -> Result<()> {
+        if after.is_empty() {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + DEFAULT_READY_TIMEOUT;
+        loop {
+            let observed = self.runtime.observe().await?;
+            let mut waiting = None;
+            for (name, condition) in after {
+                let c = observed.containers.iter().find(|c| &c.name == name);
+                let ok = match (c, condition) {
+                    (Some(c), Condition::Started) => c.state == "running" || c.state == "exited",
+                    (Some(c), Condition::Healthy) => c.is_ready(),
+                    (Some(c), Condition::CompletedSuccessfully) => {
+                        c.state == "exited" && c.exit_code == 0
+                    }
+                    (None, _) => false,
+                };
+                if let Some(c) = c.filter(|c| c.state == "exited" && c.exit_code != 0) {
+                    return Err(Error::NotReady {
+                        component: c.owner.component.clone(),
+                        message: format!("dependency {name} exited with code {}", c.exit_code),
+                    });
+                }
+                if !ok {
+                    waiting = Some(name);
+                }
+            }
+            let Some(name) = waiting else { return Ok(()) };
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::NotReady {
+                    component: name.clone(),
+                    message: format!(
+                        "{name} did not become ready within {DEFAULT_READY_TIMEOUT:?}"
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Computes the current state from the desired state and what the engine runs, and sends
+    /// it to watchers when it changed.
+    async fn publish(&self, desired: &DesiredState, observed: &Observed) {
+        let errors = self.errors.lock().await.clone();
+        let mut removed = self.removed.lock().await;
+        let mut deployments: Vec<pb::DeploymentStatus> = desired
+            .deployments
+            .iter()
+            .map(|d| {
+                removed.remove(&d.id);
+                deployment_status(d, &desired.revision, observed, &errors)
+            })
+            .collect();
+        // Deployments no longer desired: removing while their containers exist, then removed.
+        let mut leaving: BTreeMap<&str, Vec<&ObservedContainer>> = BTreeMap::new();
+        for c in &observed.containers {
+            if !desired
+                .deployments
+                .iter()
+                .any(|d| d.id == c.owner.deployment)
+            {
+                leaving.entry(&c.owner.deployment).or_default().push(c);
+            }
+        }
+        for (id, containers) in &leaving {
+            removed.insert(id.to_string(), desired.revision.clone());
+            let mut by_component: BTreeMap<&str, Vec<pb::ContainerStatus>> = BTreeMap::new();
+            for c in containers {
+                by_component
+                    .entry(&c.owner.component)
+                    .or_default()
+                    .push(container_status(c));
+            }
+            let components = by_component
+                .into_iter()
+                .map(|(name, containers)| {
+                    (
+                        name.to_string(),
+                        DeploymentState::Removing,
+                        None,
+                        containers,
+                    )
+                })
+                .collect();
+            deployments.push(status(id, "", &desired.revision, "", None, components));
+        }
+        for (id, revision) in removed
+            .iter()
+            .filter(|(id, _)| !leaving.contains_key(id.as_str()))
+        {
+            deployments.push(status(id, "", revision, "", None, vec![]));
+            if let Some(last) = deployments.last_mut() {
+                last.state = pb::DeploymentState::Removed as i32;
+                last.manifest_json = manifest_json(last, DeploymentState::Removed);
+            }
+        }
+        let rejected = desired
+            .rejected
+            .iter()
+            .map(|r| pb::DocumentError {
+                path: r.path.clone(),
+                deployment_id: String::new(),
+                error: Some(pb_error(&r.error)),
+            })
+            .collect();
+        let state = pb::CurrentState {
+            revision: desired.revision.clone(),
+            deployments,
+            rejected,
+        };
+        self.current.send_if_modified(|current| {
+            let changed = *current != state;
+            if changed {
+                *current = state;
+            }
+            changed
+        });
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    let base = Duration::from_millis(500) * 2u32.saturating_pow(failures.min(8));
+    // Jitter spreads retries of many devices after a shared outage.
+    base + Duration::from_millis(rand_jitter(base.as_millis() as u64 / 4))
+}
+
+fn rand_jitter(max: u64) -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now()) % max.max(1)
+}
+
+fn response(d: &DesiredState, changed: bool) -> pb::ApplyDesiredStateResponse {
+    let mut rejected: Vec<pb::DocumentError> = d
+        .rejected
+        .iter()
+        .map(|r| pb::DocumentError {
+            path: r.path.clone(),
+            deployment_id: String::new(),
+            error: Some(pb_error(&r.error)),
+        })
+        .collect();
+    rejected.extend(d.deployments.iter().filter_map(|dep| {
+        Some(pb::DocumentError {
+            path: dep.path.clone(),
+            deployment_id: dep.id.clone(),
+            error: Some(pb_error(dep.error.as_ref()?)),
+        })
+    }));
+    pb::ApplyDesiredStateResponse {
+        revision: d.revision.clone(),
+        changed,
+        accepted: d
+            .deployments
+            .iter()
+            .filter(|d| d.error.is_none())
+            .map(|d| d.id.clone())
+            .collect(),
+        rejected,
+    }
+}
+
+type ComponentRow = (
+    String,
+    DeploymentState,
+    Option<StatusError>,
+    Vec<pb::ContainerStatus>,
+);
+
+fn deployment_status(
+    d: &desired::Deployment,
+    revision: &str,
+    observed: &Observed,
+    errors: &HashMap<Owner, StatusError>,
+) -> pb::DeploymentStatus {
+    let mut components: Vec<ComponentRow> = Vec::new();
+    for c in &d.components {
+        let owner = Owner {
+            deployment: d.id.clone(),
+            component: c.name.clone(),
+        };
+        let plans = plan::container_plans(d, c);
+        let mut containers = Vec::new();
+        let mut state = DeploymentState::Installed;
+        let mut error = errors.get(&owner).cloned();
+        for p in &plans {
+            match observed.containers.iter().find(|o| o.name == p.name) {
+                Some(o) => {
+                    containers.push(container_status(o));
+                    let up_to_date = o.spec_hash == p.spec_hash;
+                    let completed = o.state == "exited" && o.exit_code == 0;
+                    if o.health == "unhealthy" {
+                        state = DeploymentState::Failed;
+                        error.get_or_insert_with(|| {
+                            StatusError::new(
+                                "ERR_UNHEALTHY",
+                                &p.name,
+                                format!("container {} is unhealthy", p.name),
+                            )
+                        });
+                    } else if !up_to_date || !(o.is_ready() || completed) {
+                        state = state.max_severity(DeploymentState::Installing);
+                    }
+                }
+                None => {
+                    state = state.max_severity(DeploymentState::Installing);
+                    containers.push(pb::ContainerStatus {
+                        name: p.name.clone(),
+                        image: p.service.image.clone(),
+                        service: p.service.name.clone(),
+                        state: "missing".into(),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        if error.is_some() {
+            state = DeploymentState::Failed;
+        }
+        components.push((c.name.clone(), state, error, containers));
+    }
+    // The newest document could not be used: its components fail with the document's error
+    // while the last good spec (if any) keeps running.
+    if let Some(e) = &d.error {
+        for name in &d.component_names {
+            match components.iter_mut().find(|c| &c.0 == name) {
+                Some(c) => {
+                    c.1 = DeploymentState::Failed;
+                    c.2 = Some(e.clone());
+                }
+                None => components.push((
+                    name.clone(),
+                    DeploymentState::Failed,
+                    Some(e.clone()),
+                    vec![],
+                )),
+            }
+        }
+    }
+    status(
+        &d.id,
+        &d.application_id,
+        revision,
+        &d.path,
+        d.error.clone(),
+        components,
+    )
+}
+
+trait Severity {
+    fn max_severity(self, other: Self) -> Self;
+}
+
+impl Severity for DeploymentState {
+    fn max_severity(self, other: Self) -> Self {
+        DeploymentState::most_severe([self, other]).unwrap_or(self)
+    }
+}
+
+fn status(
+    id: &str,
+    application_id: &str,
+    revision: &str,
+    path: &str,
+    error: Option<StatusError>,
+    components: Vec<ComponentRow>,
+) -> pb::DeploymentStatus {
+    let overall = DeploymentState::most_severe(components.iter().map(|c| c.1)).unwrap_or(
+        if error.is_some() {
+            DeploymentState::Failed
+        } else {
+            DeploymentState::Installed
+        },
+    );
+    // The overall error: the document's, else the first failing component's.
+    let error = error.or_else(|| components.iter().find_map(|c| c.2.clone()));
+    let mut s = pb::DeploymentStatus {
+        deployment_id: id.to_string(),
+        application_id: application_id.to_string(),
+        revision: revision.to_string(),
+        state: pb_state(overall) as i32,
+        error: error.as_ref().map(pb_error),
+        components: components
+            .into_iter()
+            .map(|(name, state, error, containers)| pb::ComponentStatus {
+                name,
+                state: pb_state(state) as i32,
+                error: error.as_ref().map(pb_error),
+                containers,
+            })
+            .collect(),
+        path: path.to_string(),
+        manifest_json: String::new(),
+    };
+    s.manifest_json = manifest_json(&s, overall);
+    s
+}
+
+fn manifest_json(s: &pb::DeploymentStatus, overall: DeploymentState) -> String {
+    let margo_error = |e: &Option<pb::Error>| {
+        e.as_ref()
+            .map(|e| StatusError::new(&e.code, &e.source, &e.message))
+    };
+    let components = s
+        .components
+        .iter()
+        .map(|c| ComponentStatus {
+            name: c.name.clone(),
+            state: margo_state(c.state()),
+            error: margo_error(&c.error),
+        })
+        .collect();
+    let manifest = DeploymentStatusManifest::new(
+        &s.deployment_id,
+        &s.revision,
+        overall,
+        margo_error(&s.error),
+        components,
+    );
+    serde_json::to_string(&manifest).unwrap_or_default()
+}
+
+fn container_status(c: &ObservedContainer) -> pb::ContainerStatus {
+    pb::ContainerStatus {
+        name: c.name.clone(),
+        id: c.id.clone(),
+        image: c.image.clone(),
+        service: c.service.clone(),
+        state: c.state.clone(),
+        health: c.health.clone(),
+        restart_count: c.restart_count,
+        exit_code: c.exit_code,
+    }
+}
+
+fn pb_error(e: &StatusError) -> pb::Error {
+    pb::Error {
+        code: e.code.clone(),
+        source: e.source.clone(),
+        message: e.message.clone(),
+    }
+}
+
+fn pb_state(s: DeploymentState) -> pb::DeploymentState {
+    match s {
+        DeploymentState::Pending => pb::DeploymentState::Pending,
+        DeploymentState::Installing => pb::DeploymentState::Installing,
+        DeploymentState::Installed => pb::DeploymentState::Installed,
+        DeploymentState::Failed => pb::DeploymentState::Failed,
+        DeploymentState::Removing => pb::DeploymentState::Removing,
+        DeploymentState::Removed => pb::DeploymentState::Removed,
+    }
+}
+
+fn margo_state(s: pb::DeploymentState) -> DeploymentState {
+    match s {
+        pb::DeploymentState::Pending | pb::DeploymentState::Unspecified => DeploymentState::Pending,
+        pb::DeploymentState::Installing => DeploymentState::Installing,
+        pb::DeploymentState::Installed => DeploymentState::Installed,
+        pb::DeploymentState::Failed => DeploymentState::Failed,
+        pb::DeploymentState::Removing => DeploymentState::Removing,
+        pb::DeploymentState::Removed => DeploymentState::Removed,
+    }
+}

@@ -1,0 +1,230 @@
+//! Turns an `ApplyDesiredState` request into the resolved desired state: every document parsed,
+//! every package fetched and every compose file interpreted once, at apply time, so reconcile
+//! passes never touch the network. A deployment whose new document is bad keeps its last good
+//! spec (what runs stays up) and carries the error for its status.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use woa_common::margo::{self, Package as MargoPackage, Profile, StatusError};
+
+use crate::package::PackageFetcher;
+use crate::spec::Project;
+use crate::{Error, Result, compose};
+
+/// The desired state of the device at one revision.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DesiredState {
+    /// The revision (e.g. commit id) this state was read from.
+    pub revision: String,
+    /// Deployments by id, in document order.
+    pub deployments: Vec<Deployment>,
+    /// Documents that could not even name a deployment.
+    pub rejected: Vec<Rejected>,
+}
+
+/// One deployment to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// Deployment id.
+    pub id: String,
+    /// Margo application id.
+    pub application_id: String,
+    /// The document it came from.
+    pub path: String,
+    /// Components to run: the newest good spec, in the order given.
+    pub components: Vec<Component>,
+    /// Component names of the newest document, for status when it could not be used.
+    pub component_names: Vec<String>,
+    /// Why the newest document could not be applied, if it could not.
+    pub error: Option<StatusError>,
+}
+
+/// One component: a compose project.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Component {
+    /// Component name.
+    pub name: String,
+    /// The interpreted compose file.
+    pub project: Project,
+    /// Where the package's files are on the host (relative bind mounts resolve here).
+    pub package_dir: PathBuf,
+}
+
+/// A document rejected before it named a deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rejected {
+    /// The document's path.
+    pub path: String,
+    /// Why.
+    pub error: StatusError,
+}
+
+/// The status error for `e`.
+pub fn status_error(e: &Error) -> StatusError {
+    StatusError::new(e.code(), e.source_ref(), e.to_string())
+}
+
+/// Resolves `documents` (path, YAML) at `revision` against the `previous` state.
+pub async fn resolve(
+    revision: &str,
+    documents: &[(String, Vec<u8>)],
+    artifacts: &BTreeMap<String, Vec<u8>>,
+    previous: &DesiredState,
+    fetcher: &PackageFetcher,
+    packages_dir: &Path,
+) -> DesiredState {
+    let mut state = DesiredState {
+        revision: revision.to_string(),
+        ..Default::default()
+    };
+    let mut seen = BTreeSet::new();
+    for (path, yaml) in documents {
+        let parsed = margo::parse_deployment(path, yaml).map_err(Error::from);
+        let id = match &parsed {
+            Ok(d) => Some(d.id.clone()),
+            Err(_) => margo::peek_deployment_id(yaml),
+        };
+        let Some(id) = id else {
+            let error = parsed.err().map(|e| status_error(&e)).unwrap_or_default();
+            state.rejected.push(Rejected {
+                path: path.clone(),
+                error,
+            });
+            continue;
+        };
+        if !seen.insert(id.clone()) {
+            let e = Error::Setup(format!(
+                "{path}: deployment id {id} is used by another document"
+            ));
+            state.rejected.push(Rejected {
+                path: path.clone(),
+                error: status_error(&e),
+            });
+            continue;
+        }
+        let last_good = previous.deployments.iter().find(|d| d.id == id);
+        let result = match parsed {
+            Ok(d) => resolve_deployment(&d, artifacts, fetcher, packages_dir)
+                .await
+                .map(|components| (d, components)),
+            Err(e) => Err(e),
+        };
+        state.deployments.push(match result {
+            Ok((d, components)) => Deployment {
+                id,
+                application_id: d.application_id.unwrap_or_default(),
+                path: path.clone(),
+                component_names: components.iter().map(|c| c.name.clone()).collect(),
+                components,
+                error: None,
+            },
+            Err(e) => {
+                tracing::warn!(deployment = %id, %path, error = %e, "desired deployment rejected");
+                let names = margo::parse_deployment(path, yaml)
+                    .map(|d| d.components.into_iter().map(|c| c.name).collect())
+                    .unwrap_or_default();
+                Deployment {
+                    id,
+                    application_id: last_good
+                        .map(|d| d.application_id.clone())
+                        .unwrap_or_default(),
+                    path: path.clone(),
+                    components: last_good.map(|d| d.components.clone()).unwrap_or_default(),
+                    component_names: names,
+                    error: Some(status_error(&e)),
+                }
+            }
+        });
+    }
+    state
+}
+
+async fn resolve_deployment(
+    d: &margo::ApplicationDeployment,
+    artifacts: &BTreeMap<String, Vec<u8>>,
+    fetcher: &PackageFetcher,
+    packages_dir: &Path,
+) -> Result<Vec<Component>> {
+    match &d.profile {
+        Profile::Compose => {}
+        other => return Err(Error::UnsupportedProfile(other.to_string())),
+    }
+    let mut variables: BTreeMap<&str, BTreeMap<String, String>> = BTreeMap::new();
+    for p in &d.parameters {
+        for t in &p.targets {
+            for c in &t.components {
+                if !d.components.iter().any(|dc| &dc.name == c) {
+                    return Err(Error::ParameterTarget {
+                        parameter: p.name.clone(),
+                        component: c.clone(),
+                    });
+                }
+                variables
+                    .entry(c)
+                    .or_default()
+                    .insert(t.variable().to_string(), p.value.clone());
+            }
+        }
+    }
+    let mut components = Vec::with_capacity(d.components.len());
+    for c in &d.components {
+        let location = match &c.package {
+            MargoPackage::Location(l) => l,
+            MargoPackage::Oci { repository, .. } => {
+                return Err(Error::Package {
+                    location: repository.clone(),
+                    message: "OCI packages are not supported for the compose profile; use packageLocation".into(),
+                });
+            }
+        };
+        let package = fetcher.fetch(location, artifacts).await?;
+        let compose_yaml = package
+            .files
+            .get(&package.compose_file)
+            .cloned()
+            .unwrap_or_default();
+        let vars = variables.remove(c.name.as_str()).unwrap_or_default();
+        let project = compose::load(&package.compose_file, &compose_yaml, &vars, &package.files)?;
+        let package_dir = store_package(packages_dir, &package.files)?;
+        components.push(Component {
+            name: c.name.clone(),
+            project,
+            package_dir,
+        });
+    }
+    Ok(components)
+}
+
+/// Writes the package's files under a directory named by their content hash, so a changed file
+/// gives a new directory (and so a new spec hash for containers that bind it).
+fn store_package(packages_dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> Result<PathBuf> {
+    let mut hasher = Sha256::new();
+    for (name, bytes) in files {
+        hasher.update((name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    }
+    let dir = packages_dir.join(hex::encode(&hasher.finalize()[..12]));
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    let tmp = packages_dir.join(format!(".tmp-{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let _ = std::fs::remove_dir_all(&tmp);
+        for (name, bytes) in files {
+            let path = tmp.join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(path, bytes)?;
+        }
+        std::fs::create_dir_all(&tmp)?;
+        std::fs::rename(&tmp, &dir)
+    };
+    write().map_err(|e| Error::Setup(format!("storing package in {}: {e}", dir.display())))?;
+    Ok(dir)
+}

@@ -1,0 +1,498 @@
+//! [`ContainerRuntime`] on the Docker Engine API, through bollard. The only module that knows it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bollard::Docker;
+use bollard::auth::DockerCredentials;
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, HostConfigLogConfig, Mount,
+    MountTmpfsOptions, MountType, NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, ListContainersOptions, ListNetworksOptions,
+    ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions,
+};
+use futures_util::TryStreamExt;
+
+use crate::package::{Credentials, Secret};
+use crate::runtime::{
+    ContainerPlan, ContainerRuntime, EngineFacts, LABEL_COMPONENT, LABEL_DEPLOYMENT, LABEL_SERVICE,
+    LABEL_SPEC_HASH, Observed, ObservedContainer, ObservedObject, Owner,
+};
+use crate::spec::{self, BindSource, Network, Volume};
+use crate::{Error, Result};
+
+/// The Docker engine, with the registry credentials of the device.
+#[derive(Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+    registries: BTreeMap<String, Credentials>,
+}
+
+impl DockerRuntime {
+    /// Connects to the engine (`DOCKER_HOST` or the local socket) and negotiates the API version,
+    /// since device engines are often older than the newest API.
+    pub async fn connect(registries: BTreeMap<String, Credentials>) -> Result<Self> {
+        let docker = Docker::connect_with_defaults()
+            .map_err(|e| engine("connecting to the docker engine", e))?
+            .negotiate_version()
+            .await
+            .map_err(|e| engine("negotiating the docker API version", e))?;
+        Ok(Self { docker, registries })
+    }
+
+    fn credentials(&self, image: &str) -> Result<Option<DockerCredentials>> {
+        let Some(creds) = self.registries.get(registry_of(image)) else {
+            return Ok(None);
+        };
+        Ok(Some(match creds.read()? {
+            Secret::Basic { username, password } => DockerCredentials {
+                username: Some(username),
+                password: Some(password),
+                ..Default::default()
+            },
+            Secret::Bearer(token) => DockerCredentials {
+                registrytoken: Some(token),
+                ..Default::default()
+            },
+        }))
+    }
+
+    async fn inspect(
+        &self,
+        id: &str,
+        owner: Owner,
+        labels: &HashMap<String, String>,
+    ) -> Result<ObservedContainer> {
+        let c = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| engine(&format!("inspecting container {id}"), e))?;
+        let state = c.state.unwrap_or_default();
+        let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
+        Ok(ObservedContainer {
+            id: id.to_string(),
+            name: c
+                .name
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string(),
+            owner,
+            service: label(LABEL_SERVICE),
+            spec_hash: label(LABEL_SPEC_HASH),
+            image: c.config.and_then(|c| c.image).unwrap_or_default(),
+            state: state.status.map(|s| s.to_string()).unwrap_or_default(),
+            health: state
+                .health
+                .and_then(|h| h.status)
+                .map(|s| s.to_string())
+                .filter(|s| s != "none")
+                .unwrap_or_default(),
+            restart_count: c.restart_count.unwrap_or(0).try_into().unwrap_or(u32::MAX),
+            exit_code: state.exit_code.unwrap_or(0),
+        })
+    }
+}
+
+/// The registry part of an image reference (`docker.io` when it names none).
+fn registry_of(image: &str) -> &str {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first,
+        _ => "docker.io",
+    }
+}
+
+fn engine(operation: &str, e: bollard::errors::Error) -> Error {
+    let message = match e {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message,
+        other => other.to_string(),
+    };
+    Error::Runtime {
+        operation: operation.to_string(),
+        message,
+    }
+}
+
+fn owner_of(labels: &HashMap<String, String>) -> Option<Owner> {
+    Some(Owner {
+        deployment: labels.get(LABEL_DEPLOYMENT)?.clone(),
+        component: labels.get(LABEL_COMPONENT).cloned().unwrap_or_default(),
+    })
+}
+
+fn owner_labels(owner: &Owner, extra: &BTreeMap<String, String>) -> HashMap<String, String> {
+    let mut labels: HashMap<_, _> = extra.clone().into_iter().collect();
+    labels.insert(LABEL_DEPLOYMENT.into(), owner.deployment.clone());
+    labels.insert(LABEL_COMPONENT.into(), owner.component.clone());
+    labels
+}
+
+fn managed_filter() -> Option<HashMap<String, Vec<String>>> {
+    Some(HashMap::from([(
+        "label".to_string(),
+        vec![LABEL_DEPLOYMENT.to_string()],
+    )]))
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+impl ContainerRuntime for DockerRuntime {
+    async fn observe(&self) -> Result<Observed> {
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: managed_filter(),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| engine("listing containers", e))?;
+        let mut containers = Vec::with_capacity(list.len());
+        for summary in list {
+            let labels = summary.labels.unwrap_or_default();
+            let (Some(id), Some(owner)) = (summary.id, owner_of(&labels)) else {
+                continue;
+            };
+            match self.inspect(&id, owner, &labels).await {
+                Ok(c) => containers.push(c),
+                // Removed between listing and inspecting: it is simply gone.
+                Err(Error::Runtime { message, .. }) if message.contains("No such container") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let networks = self
+            .docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: managed_filter(),
+            }))
+            .await
+            .map_err(|e| engine("listing networks", e))?
+            .into_iter()
+            .filter_map(|n| {
+                let owner = owner_of(n.labels.as_ref()?)?;
+                Some(ObservedObject {
+                    name: n.name?,
+                    owner,
+                })
+            })
+            .collect();
+        let volumes = self
+            .docker
+            .list_volumes(Some(ListVolumesOptions {
+                filters: managed_filter(),
+            }))
+            .await
+            .map_err(|e| engine("listing volumes", e))?
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| {
+                Some(ObservedObject {
+                    owner: owner_of(&v.labels)?,
+                    name: v.name,
+                })
+            })
+            .collect();
+        Ok(Observed {
+            containers,
+            networks,
+            volumes,
+        })
+    }
+
+    async fn ensure_image(&self, image: &str) -> Result<()> {
+        if self.docker.inspect_image(image).await.is_ok() {
+            return Ok(());
+        }
+        let credentials = self.credentials(image).map_err(|e| Error::ImagePull {
+            image: image.to_string(),
+            message: e.to_string(),
+        })?;
+        let options = CreateImageOptions {
+            from_image: Some(image.to_string()),
+            ..Default::default()
+        };
+        self.docker
+            .create_image(Some(options), None, credentials)
+            .try_for_each(|_| async { Ok(()) })
+            .await
+            .map_err(|e| Error::ImagePull {
+                image: image.to_string(),
+                message: match e {
+                    bollard::errors::Error::DockerResponseServerError { message, .. } => message,
+                    bollard::errors::Error::DockerStreamError { error } => error,
+                    other => other.to_string(),
+                },
+            })
+    }
+
+    async fn create_network(&self, name: &str, owner: &Owner, network: &Network) -> Result<()> {
+        let request = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: network.driver.clone(),
+            internal: Some(network.internal),
+            labels: Some(owner_labels(owner, &network.labels)),
+            ..Default::default()
+        };
+        self.docker
+            .create_network(request)
+            .await
+            .map(|_| ())
+            .map_err(|e| engine(&format!("creating network {name}"), e))
+    }
+
+    async fn create_volume(&self, name: &str, owner: &Owner, volume: &Volume) -> Result<()> {
+        let request = VolumeCreateRequest {
+            name: Some(name.to_string()),
+            driver: volume.driver.clone(),
+            driver_opts: Some(volume.driver_opts.clone().into_iter().collect()),
+            labels: Some(owner_labels(owner, &volume.labels)),
+            ..Default::default()
+        };
+        self.docker
+            .create_volume(request)
+            .await
+            .map(|_| ())
+            .map_err(|e| engine(&format!("creating volume {name}"), e))
+    }
+
+    async fn create_container(&self, plan: &ContainerPlan) -> Result<String> {
+        let (body, mut more_networks) = container_body(plan);
+        let options = CreateContainerOptions {
+            name: Some(plan.name.clone()),
+            ..Default::default()
+        };
+        let id = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map(|r| r.id)
+            .map_err(|e| engine(&format!("creating container {}", plan.name), e))?;
+        for (network, endpoint) in more_networks.drain(..) {
+            let request = NetworkConnectRequest {
+                container: id.clone(),
+                endpoint_config: Some(endpoint),
+            };
+            self.docker
+                .connect_network(&network, request)
+                .await
+                .map_err(|e| engine(&format!("connecting {} to {network}", plan.name), e))?;
+        }
+        Ok(id)
+    }
+
+    async fn start_container(&self, id: &str) -> Result<()> {
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(|e| engine(&format!("starting container {id}"), e))
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<()> {
+        let options = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        match self.docker.remove_container(id, Some(options)).await {
+            Err(e) if !is_not_found(&e) => Err(engine(&format!("removing container {id}"), e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<()> {
+        match self.docker.remove_network(name).await {
+            Err(e) if !is_not_found(&e) => Err(engine(&format!("removing network {name}"), e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<()> {
+        match self
+            .docker
+            .remove_volume(name, None::<RemoveVolumeOptions>)
+            .await
+        {
+            Err(e) if !is_not_found(&e) => Err(engine(&format!("removing volume {name}"), e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn facts(&self) -> Result<EngineFacts> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| engine("reading engine info", e))?;
+        Ok(EngineFacts {
+            runtime: format!("docker {}", info.server_version.unwrap_or_default()),
+            architecture: info.architecture.unwrap_or_default(),
+            cpus: info.ncpu.unwrap_or(0).try_into().unwrap_or(0),
+            memory_bytes: info.mem_total.unwrap_or(0).try_into().unwrap_or(0),
+        })
+    }
+}
+
+/// The engine's create request for a planned container, and the further networks to connect
+/// it to before it starts (engines before API 1.44 take one network at create time).
+fn container_body(plan: &ContainerPlan) -> (ContainerCreateBody, Vec<(String, EndpointSettings)>) {
+    let s = &plan.service;
+    let mut labels: HashMap<String, String> = owner_labels(&plan.owner, &s.labels);
+    labels.insert(LABEL_SERVICE.into(), s.name.clone());
+    labels.insert(LABEL_SPEC_HASH.into(), plan.spec_hash.clone());
+
+    let mut port_bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+    for p in &s.ports {
+        port_bindings
+            .entry(format!("{}/{}", p.container_port, p.protocol))
+            .or_default()
+            .get_or_insert_with(Vec::new)
+            .push(PortBinding {
+                host_ip: p.host_ip.clone(),
+                host_port: p.host_port.map(|p| p.to_string()),
+            });
+    }
+    let mounts = s
+        .mounts
+        .iter()
+        .map(|m| match m {
+            spec::Mount::Volume {
+                source,
+                target,
+                read_only,
+            } => Mount {
+                typ: Some(MountType::VOLUME),
+                source: plan.volumes.get(source).cloned(),
+                target: Some(target.clone()),
+                read_only: Some(*read_only),
+                ..Default::default()
+            },
+            spec::Mount::Bind {
+                source,
+                target,
+                read_only,
+            } => Mount {
+                typ: Some(MountType::BIND),
+                source: Some(match source {
+                    BindSource::Host(path) => path.clone(),
+                    BindSource::Package(path) => {
+                        plan.package_dir.join(path).to_string_lossy().into_owned()
+                    }
+                }),
+                target: Some(target.clone()),
+                read_only: Some(*read_only),
+                ..Default::default()
+            },
+            spec::Mount::Tmpfs { target, size } => Mount {
+                typ: Some(MountType::TMPFS),
+                target: Some(target.clone()),
+                tmpfs_options: size.map(|size| MountTmpfsOptions {
+                    size_bytes: Some(size),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        })
+        .collect();
+    let restart_policy = s.restart.as_deref().map(|r| {
+        let (name, count) = r.split_once(':').unwrap_or((r, ""));
+        RestartPolicy {
+            name: Some(match name {
+                "always" => RestartPolicyNameEnum::ALWAYS,
+                "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,
+                "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
+                _ => RestartPolicyNameEnum::NO,
+            }),
+            maximum_retry_count: count.parse().ok(),
+        }
+    });
+    // Every attachment carries the service name as an alias, as compose does.
+    let mut endpoints: Vec<(String, EndpointSettings)> = s
+        .networks
+        .iter()
+        .filter_map(|a| {
+            let mut aliases = vec![s.name.clone()];
+            aliases.extend(a.aliases.iter().cloned());
+            Some((
+                plan.networks.get(&a.network)?.clone(),
+                EndpointSettings {
+                    aliases: Some(aliases),
+                    ..Default::default()
+                },
+            ))
+        })
+        .collect();
+    let first = (!endpoints.is_empty()).then(|| endpoints.remove(0));
+    let network_mode = first.as_ref().map(|(name, _)| name.clone());
+
+    let body = ContainerCreateBody {
+        image: Some(s.image.clone()),
+        cmd: s.command.clone(),
+        entrypoint: s.entrypoint.clone(),
+        env: Some(
+            s.environment
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+        ),
+        exposed_ports: Some(port_bindings.keys().cloned().collect()),
+        labels: Some(labels),
+        user: s.user.clone(),
+        working_dir: s.working_dir.clone(),
+        healthcheck: s.healthcheck.as_ref().map(|h| HealthConfig {
+            test: Some(h.test.clone()).filter(|t| !t.is_empty()),
+            interval: h.interval_ns,
+            timeout: h.timeout_ns,
+            retries: h.retries,
+            start_period: h.start_period_ns,
+            ..Default::default()
+        }),
+        host_config: Some(HostConfig {
+            port_bindings: Some(port_bindings),
+            mounts: Some(mounts),
+            restart_policy,
+            cap_add: Some(s.cap_add.clone()),
+            cap_drop: Some(s.cap_drop.clone()),
+            readonly_rootfs: Some(s.read_only),
+            memory: s.mem_limit,
+            nano_cpus: s.nano_cpus,
+            network_mode,
+            log_config: s.logging.as_ref().map(|l| HostConfigLogConfig {
+                typ: l.driver.clone(),
+                config: Some(l.options.clone().into_iter().collect()),
+            }),
+            ..Default::default()
+        }),
+        networking_config: Some(NetworkingConfig {
+            endpoints_config: Some(first.into_iter().collect()),
+        }),
+        ..Default::default()
+    };
+    (body, endpoints)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::registry_of;
+
+    #[test]
+    fn registry_is_the_first_component_only_when_it_looks_like_a_host() {
+        assert_eq!(registry_of("127.0.0.1:5000/app:1"), "127.0.0.1:5000");
+        assert_eq!(registry_of("localhost/app"), "localhost");
+        assert_eq!(
+            registry_of("registry.example.com/a/b"),
+            "registry.example.com"
+        );
+        assert_eq!(registry_of("library/nginx"), "docker.io");
+        assert_eq!(registry_of("nginx:1.25"), "docker.io");
+    }
+}

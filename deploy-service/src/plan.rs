@@ -1,0 +1,446 @@
+//! `plan(desired, observed) -> steps`: pure, so every decision is table-tested without an engine.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sha2::{Digest, Sha256};
+
+use crate::desired::{Component, Deployment};
+use crate::runtime::{ContainerPlan, Observed, Owner};
+use crate::spec::Condition;
+
+/// One thing to do on the engine, in the order given.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Remove a container that no desired service owns (or a duplicate).
+    RemoveContainer {
+        /// Engine id.
+        id: String,
+        /// Engine name, for logs.
+        name: String,
+    },
+    /// Remove a network no desired component owns.
+    RemoveNetwork(String),
+    /// Remove a volume no desired component owns (only when configured to).
+    RemoveVolume(String),
+    /// Create a network of a component.
+    CreateNetwork {
+        /// Engine name.
+        name: String,
+        /// Owning component.
+        owner: Owner,
+        /// The compose network.
+        network: crate::spec::Network,
+    },
+    /// Create a volume of a component.
+    CreateVolume {
+        /// Engine name.
+        name: String,
+        /// Owning component.
+        owner: Owner,
+        /// The compose volume.
+        volume: crate::spec::Volume,
+    },
+    /// Pull, wait for dependencies, replace `replaces` (if any), create and start.
+    Create {
+        /// The container to create.
+        plan: Box<ContainerPlan>,
+        /// The outdated container it replaces.
+        replaces: Option<String>,
+        /// Containers (engine names) that must reach a condition first.
+        after: Vec<(String, Condition)>,
+    },
+    /// Start an up-to-date container that is not running (drift).
+    Start {
+        /// Engine id.
+        id: String,
+        /// Engine name.
+        name: String,
+        /// Owning component.
+        owner: Owner,
+        /// Containers (engine names) that must reach a condition first.
+        after: Vec<(String, Condition)>,
+    },
+}
+
+impl Step {
+    /// The component the step applies to, when it belongs to a desired one.
+    pub fn owner(&self) -> Option<&Owner> {
+        match self {
+            Step::CreateNetwork { owner, .. } | Step::CreateVolume { owner, .. } => Some(owner),
+            Step::Create { plan, .. } => Some(&plan.owner),
+            Step::Start { owner, .. } => Some(owner),
+            _ => None,
+        }
+    }
+}
+
+/// Engine name of a component's object (container, network, volume) with compose key `key`.
+/// Docker names allow `[a-zA-Z0-9][a-zA-Z0-9_.-]`; deployment ids and compose keys are
+/// validated to that alphabet already.
+pub fn engine_name(owner: &Owner, key: &str) -> String {
+    format!("{}_{}_{}", owner.deployment, owner.component, key)
+}
+
+fn owner(d: &Deployment, c: &Component) -> Owner {
+    Owner {
+        deployment: d.id.clone(),
+        component: c.name.clone(),
+    }
+}
+
+/// The container plans of a component, in dependency order.
+pub fn container_plans(d: &Deployment, c: &Component) -> Vec<ContainerPlan> {
+    let owner = owner(d, c);
+    let networks: BTreeMap<String, String> = c
+        .project
+        .networks
+        .iter()
+        .map(|n| {
+            (
+                n.name.clone(),
+                n.external
+                    .clone()
+                    .unwrap_or_else(|| engine_name(&owner, &n.name)),
+            )
+        })
+        .collect();
+    let volumes: BTreeMap<String, String> = c
+        .project
+        .volumes
+        .iter()
+        .map(|v| {
+            (
+                v.name.clone(),
+                v.external
+                    .clone()
+                    .unwrap_or_else(|| engine_name(&owner, &v.name)),
+            )
+        })
+        .collect();
+    dependency_order(c)
+        .into_iter()
+        .map(|service| {
+            let mut plan = ContainerPlan {
+                name: engine_name(&owner, &service.name),
+                owner: owner.clone(),
+                service: service.clone(),
+                spec_hash: String::new(),
+                networks: networks.clone(),
+                volumes: volumes.clone(),
+                package_dir: c.package_dir.clone(),
+            };
+            plan.spec_hash = spec_hash(&plan);
+            plan
+        })
+        .collect()
+}
+
+/// Hash of everything that defines a container: when it changes, the container is recreated.
+fn spec_hash(plan: &ContainerPlan) -> String {
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(&plan.service).unwrap_or_default());
+    for map in [&plan.networks, &plan.volumes] {
+        h.update(serde_json::to_vec(map).unwrap_or_default());
+    }
+    h.update(plan.package_dir.to_string_lossy().as_bytes());
+    hex::encode(&h.finalize()[..16])
+}
+
+/// Services so that each comes after what it depends on (compose rejected cycles already);
+/// otherwise file order.
+fn dependency_order(c: &Component) -> Vec<&crate::spec::Service> {
+    let mut done: BTreeSet<&str> = BTreeSet::new();
+    let mut order = Vec::new();
+    while order.len() < c.project.services.len() {
+        let before = order.len();
+        for s in &c.project.services {
+            if !done.contains(s.name.as_str())
+                && s.depends_on
+                    .iter()
+                    .all(|d| done.contains(d.service.as_str()))
+            {
+                done.insert(&s.name);
+                order.push(s);
+            }
+        }
+        if order.len() == before {
+            // A cycle slipped through: keep file order for the rest rather than loop.
+            order.extend(
+                c.project
+                    .services
+                    .iter()
+                    .filter(|s| !done.contains(s.name.as_str())),
+            );
+            break;
+        }
+    }
+    order
+}
+
+/// The steps that make `observed` equal to `desired`. Volumes of removed components are kept
+/// unless `remove_volumes`, since they hold data.
+pub fn plan(desired: &[Deployment], observed: &Observed, remove_volumes: bool) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let mut wanted_containers = BTreeSet::new();
+    let mut wanted_networks = BTreeSet::new();
+    let mut wanted_volumes = BTreeSet::new();
+    let mut work = Vec::new();
+
+    for d in desired {
+        for c in &d.components {
+            let owner = owner(d, c);
+            for n in c.project.networks.iter().filter(|n| n.external.is_none()) {
+                let name = engine_name(&owner, &n.name);
+                if !observed.networks.iter().any(|o| o.name == name) {
+                    work.push(Step::CreateNetwork {
+                        name: name.clone(),
+                        owner: owner.clone(),
+                        network: n.clone(),
+                    });
+                }
+                wanted_networks.insert(name);
+            }
+            for v in c.project.volumes.iter().filter(|v| v.external.is_none()) {
+                let name = engine_name(&owner, &v.name);
+                if !observed.volumes.iter().any(|o| o.name == name) {
+                    work.push(Step::CreateVolume {
+                        name: name.clone(),
+                        owner: owner.clone(),
+                        volume: v.clone(),
+                    });
+                }
+                wanted_volumes.insert(name);
+            }
+            for plan in container_plans(d, c) {
+                let after = plan
+                    .service
+                    .depends_on
+                    .iter()
+                    .map(|dep| (engine_name(&owner, &dep.service), dep.condition))
+                    .collect();
+                let current = observed.containers.iter().find(|o| o.name == plan.name);
+                wanted_containers.insert(plan.name.clone());
+                match current {
+                    Some(o) if o.spec_hash == plan.spec_hash => {
+                        let settled = matches!(o.state.as_str(), "running" | "restarting")
+                            || (o.state == "exited"
+                                && plan.service.restart.as_deref().is_none_or(|r| r == "no")
+                                && o.exit_code == 0);
+                        if !settled {
+                            work.push(Step::Start {
+                                id: o.id.clone(),
+                                name: o.name.clone(),
+                                owner: owner.clone(),
+                                after,
+                            });
+                        }
+                    }
+                    other => work.push(Step::Create {
+                        replaces: other.map(|o| o.id.clone()),
+                        plan: Box::new(plan),
+                        after,
+                    }),
+                }
+            }
+        }
+    }
+    // Removals first: they free names and ports the new containers may need.
+    for o in &observed.containers {
+        if !wanted_containers.contains(&o.name) {
+            steps.push(Step::RemoveContainer {
+                id: o.id.clone(),
+                name: o.name.clone(),
+            });
+        }
+    }
+    for o in &observed.networks {
+        if !wanted_networks.contains(&o.name) {
+            steps.push(Step::RemoveNetwork(o.name.clone()));
+        }
+    }
+    if remove_volumes {
+        for o in &observed.volumes {
+            if !wanted_volumes.contains(&o.name) {
+                steps.push(Step::RemoveVolume(o.name.clone()));
+            }
+        }
+    }
+    steps.extend(work);
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::runtime::{ObservedContainer, ObservedObject};
+    use crate::spec::{Dependency, Network, Project, Service};
+
+    fn deployment(image_b: &str) -> Deployment {
+        let svc = |name: &str, image: &str, deps: &[&str]| Service {
+            name: name.into(),
+            image: image.into(),
+            depends_on: deps
+                .iter()
+                .map(|d| Dependency {
+                    service: d.to_string(),
+                    condition: Condition::Healthy,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        Deployment {
+            id: "d1".into(),
+            application_id: "app".into(),
+            path: "deployments/a.yaml".into(),
+            components: vec![Component {
+                name: "c".into(),
+                project: Project {
+                    // web is listed first but depends on backend.
+                    services: vec![
+                        svc("web", "web:1", &["backend"]),
+                        svc("backend", image_b, &[]),
+                    ],
+                    networks: vec![Network {
+                        name: "default".into(),
+                        driver: None,
+                        internal: false,
+                        external: None,
+                        labels: Default::default(),
+                    }],
+                    volumes: vec![],
+                },
+                package_dir: "/p".into(),
+            }],
+            component_names: vec!["c".into()],
+            error: None,
+        }
+    }
+
+    fn observed_from(d: &Deployment, state: &str) -> Observed {
+        let c = &d.components[0];
+        let owner = Owner {
+            deployment: d.id.clone(),
+            component: c.name.clone(),
+        };
+        Observed {
+            containers: container_plans(d, c)
+                .into_iter()
+                .map(|p| ObservedContainer {
+                    id: format!("id-{}", p.service.name),
+                    name: p.name,
+                    owner: owner.clone(),
+                    service: p.service.name.clone(),
+                    spec_hash: p.spec_hash,
+                    image: p.service.image.clone(),
+                    state: state.into(),
+                    health: String::new(),
+                    restart_count: 0,
+                    exit_code: 0,
+                })
+                .collect(),
+            networks: vec![ObservedObject {
+                name: "d1_c_default".into(),
+                owner,
+            }],
+            volumes: vec![],
+        }
+    }
+
+    fn names(steps: &[Step]) -> Vec<String> {
+        steps
+            .iter()
+            .map(|s| match s {
+                Step::RemoveContainer { name, .. } => format!("rm {name}"),
+                Step::RemoveNetwork(n) => format!("rmnet {n}"),
+                Step::RemoveVolume(n) => format!("rmvol {n}"),
+                Step::CreateNetwork { name, .. } => format!("net {name}"),
+                Step::CreateVolume { name, .. } => format!("vol {name}"),
+                Step::Create {
+                    plan,
+                    replaces,
+                    after,
+                } => {
+                    format!(
+                        "create {} replaces={:?} after={}",
+                        plan.name,
+                        replaces,
+                        after.len()
+                    )
+                }
+                Step::Start { name, .. } => format!("start {name}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn from_nothing_creates_network_then_services_in_dependency_order() {
+        let d = deployment("backend:1");
+        assert_eq!(
+            names(&plan(&[d], &Observed::default(), false)),
+            [
+                "net d1_c_default",
+                "create d1_c_backend replaces=None after=0",
+                "create d1_c_web replaces=None after=1"
+            ]
+        );
+    }
+
+    #[test]
+    fn converged_state_plans_nothing() {
+        let d = deployment("backend:1");
+        let observed = observed_from(&d, "running");
+        assert!(plan(&[d], &observed, false).is_empty());
+    }
+
+    #[test]
+    fn a_changed_service_replaces_only_its_container() {
+        let old = deployment("backend:1");
+        let observed = observed_from(&old, "running");
+        let new = deployment("backend:2");
+        assert_eq!(
+            names(&plan(&[new], &observed, false)),
+            ["create d1_c_backend replaces=Some(\"id-backend\") after=0"]
+        );
+    }
+
+    #[test]
+    fn stopped_containers_are_started_again() {
+        let d = deployment("backend:1");
+        let mut observed = observed_from(&d, "running");
+        let web = observed
+            .containers
+            .iter_mut()
+            .find(|c| c.service == "web")
+            .unwrap();
+        web.state = "exited".into();
+        web.exit_code = 137;
+        assert_eq!(names(&plan(&[d], &observed, false)), ["start d1_c_web"]);
+    }
+
+    #[test]
+    fn a_removed_deployment_loses_containers_and_network_but_keeps_volumes_by_default() {
+        let d = deployment("backend:1");
+        let mut observed = observed_from(&d, "running");
+        let owner = observed.networks[0].owner.clone();
+        observed.volumes.push(ObservedObject {
+            name: "d1_c_data".into(),
+            owner,
+        });
+        assert_eq!(
+            names(&plan(&[], &observed, false)),
+            ["rm d1_c_backend", "rm d1_c_web", "rmnet d1_c_default"]
+        );
+        assert!(names(&plan(&[], &observed, true)).contains(&"rmvol d1_c_data".to_string()));
+    }
+
+    #[test]
+    fn spec_hash_depends_on_package_contents_location() {
+        let d = deployment("backend:1");
+        let mut e = d.clone();
+        e.components[0].package_dir = "/q".into();
+        let a = container_plans(&d, &d.components[0]);
+        let b = container_plans(&e, &e.components[0]);
+        assert_ne!(a[0].spec_hash, b[0].spec_hash);
+    }
+}

@@ -1,0 +1,145 @@
+//! The one seam to the container engine. The Docker implementation (`docker.rs`) is the only
+//! code that knows the engine's API; everything else speaks in these coarse operations.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use crate::Result;
+use crate::spec::{Network, Volume};
+
+/// Label naming the deployment an object belongs to; objects without it are never touched.
+pub const LABEL_DEPLOYMENT: &str = "org.margo.woa.deployment";
+/// Label naming the deployment component.
+pub const LABEL_COMPONENT: &str = "org.margo.woa.component";
+/// Label naming the compose service of a container.
+pub const LABEL_SERVICE: &str = "org.margo.woa.service";
+/// Label holding the hash of the container's resolved spec.
+pub const LABEL_SPEC_HASH: &str = "org.margo.woa.spec-hash";
+
+/// Which deployment component an engine object belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Owner {
+    /// Deployment id.
+    pub deployment: String,
+    /// Component name.
+    pub component: String,
+}
+
+/// A managed container as the engine reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedContainer {
+    /// Engine id.
+    pub id: String,
+    /// Engine name.
+    pub name: String,
+    /// Owning component.
+    pub owner: Owner,
+    /// Compose service.
+    pub service: String,
+    /// Spec hash label.
+    pub spec_hash: String,
+    /// Image reference.
+    pub image: String,
+    /// `created`, `running`, `restarting`, `exited`, `paused` or `dead`.
+    pub state: String,
+    /// `healthy`, `unhealthy`, `starting`, or empty without a health check.
+    pub health: String,
+    /// Restarts done by the engine's restart policy.
+    pub restart_count: u32,
+    /// Exit code of the last run.
+    pub exit_code: i64,
+}
+
+impl ObservedContainer {
+    /// Running and, where it has a health check, healthy.
+    pub fn is_ready(&self) -> bool {
+        self.state == "running" && (self.health.is_empty() || self.health == "healthy")
+    }
+}
+
+/// A managed network or volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedObject {
+    /// Engine name.
+    pub name: String,
+    /// Owning component.
+    pub owner: Owner,
+}
+
+/// Everything the agent manages on the engine.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Managed containers.
+    pub containers: Vec<ObservedContainer>,
+    /// Managed networks.
+    pub networks: Vec<ObservedObject>,
+    /// Managed volumes.
+    pub volumes: Vec<ObservedObject>,
+}
+
+/// Everything needed to create one container.
+#[derive(Debug, Clone)]
+pub struct ContainerPlan {
+    /// Engine name of the container.
+    pub name: String,
+    /// Owning component.
+    pub owner: Owner,
+    /// The service as resolved from the compose file.
+    pub service: crate::spec::Service,
+    /// Hash of everything that defines the container.
+    pub spec_hash: String,
+    /// Engine names of the component's networks, by compose key.
+    pub networks: BTreeMap<String, String>,
+    /// Engine names of the component's volumes, by compose key.
+    pub volumes: BTreeMap<String, String>,
+    /// Host directory holding the component's package, for relative bind mounts.
+    pub package_dir: std::path::PathBuf,
+}
+
+/// Facts about the engine and host, for device capabilities.
+#[derive(Debug, Clone, Default)]
+pub struct EngineFacts {
+    /// e.g. `docker 20.10.24`.
+    pub runtime: String,
+    /// CPU architecture, e.g. `x86_64`.
+    pub architecture: String,
+    /// CPUs the engine sees.
+    pub cpus: u32,
+    /// Memory the engine sees, in bytes.
+    pub memory_bytes: u64,
+}
+
+/// The coarse operations the agent needs from a container engine.
+pub trait ContainerRuntime: Send + Sync + 'static {
+    /// Lists every object carrying the agent's labels.
+    fn observe(&self) -> impl Future<Output = Result<Observed>> + Send;
+    /// Makes sure `image` is present, pulling it when missing.
+    fn ensure_image(&self, image: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Creates a network of the component under `name`.
+    fn create_network(
+        &self,
+        name: &str,
+        owner: &Owner,
+        network: &Network,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Creates a volume of the component under `name`.
+    fn create_volume(
+        &self,
+        name: &str,
+        owner: &Owner,
+        volume: &Volume,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Creates (not starts) a container; returns its id.
+    fn create_container(&self, plan: &ContainerPlan)
+    -> impl Future<Output = Result<String>> + Send;
+    /// Starts a created or stopped container.
+    fn start_container(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Removes a container, stopping it first.
+    fn remove_container(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Removes a network.
+    fn remove_network(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Removes a volume.
+    fn remove_volume(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Engine and host facts.
+    fn facts(&self) -> impl Future<Output = Result<EngineFacts>> + Send;
+}

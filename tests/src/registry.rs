@@ -1,0 +1,149 @@
+//! A local OCI registry with htpasswd auth: Debian's `docker-registry` on a free loopback port.
+//!
+//! The engine trusts plain-HTTP registries on 127.0.0.0/8, so no TLS is needed.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tempfile::TempDir;
+
+use crate::util::{free_port, http_get, run, wait_until};
+
+const REGISTRY_BINARY: &str = "/usr/bin/docker-registry";
+
+/// Credentials for one registry, as woa-deploy's `[registries."host"]` config takes them.
+#[derive(Debug, Clone)]
+pub struct RegistryLogin {
+    /// `host:port` of the registry.
+    pub host: String,
+    /// The user name.
+    pub username: String,
+    /// The password (woa-deploy reads it from a file the kit writes).
+    pub password: String,
+}
+
+/// A running registry; stopped when dropped.
+pub struct Registry {
+    child: Child,
+    dir: TempDir,
+    login: RegistryLogin,
+}
+
+impl Registry {
+    /// Starts a registry that accepts one user with a random password.
+    pub fn start() -> Result<Registry> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let login = RegistryLogin {
+            host: format!("127.0.0.1:{port}"),
+            username: "tester".to_owned(),
+            password: crate::util::new_deployment_id()?,
+        };
+        let htpasswd =
+            run(Command::new("htpasswd").args(["-Bbn", &login.username, &login.password]))
+                .context("htpasswd (apache2-utils)")?;
+        std::fs::write(dir.path().join("htpasswd"), htpasswd)?;
+        let config = format!(
+            "version: 0.1\n\
+             log: {{ level: warn }}\n\
+             storage: {{ filesystem: {{ rootdirectory: {root} }} }}\n\
+             http: {{ addr: \"{addr}\" }}\n\
+             auth: {{ htpasswd: {{ realm: woa-tests, path: {htpasswd} }} }}\n",
+            root = dir.path().join("data").display(),
+            addr = login.host,
+            htpasswd = dir.path().join("htpasswd").display(),
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config)?;
+        let log = File::create(dir.path().join("registry.log"))?;
+        let child = Command::new(REGISTRY_BINARY)
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting docker-registry")?;
+        let mut registry = Registry { child, dir, login };
+        // An auth-protected registry answers /v2/ with 401 once it is up.
+        let ready = wait_until(Duration::from_secs(20), || {
+            if let Some(status) = registry.child.try_wait()? {
+                bail!("docker-registry exited with {status}: {}", registry.log());
+            }
+            Ok(http_get(port, "/v2/")?.0 == 401)
+        });
+        ready.with_context(|| format!("registry did not come up: {}", registry.log()))?;
+        Ok(registry)
+    }
+
+    /// `host:port`, the prefix of image references in this registry.
+    pub fn host(&self) -> &str {
+        &self.login.host
+    }
+
+    /// The credentials this registry accepts.
+    pub fn login(&self) -> RegistryLogin {
+        self.login.clone()
+    }
+
+    /// Pushes `local_image` as `<host>/<repository>` and removes the local tag again, so that
+    /// whoever runs the image has to pull it. Returns the pushed reference.
+    pub fn push(&self, local_image: &str, repository: &str) -> Result<String> {
+        let reference = format!("{}/{repository}", self.login.host);
+        // A separate client config keeps the login out of the user's ~/.docker.
+        let docker_config = self.docker_config()?;
+        let docker = || {
+            let mut command = Command::new("docker");
+            command.arg("--config").arg(&docker_config);
+            command
+        };
+        let mut login = docker();
+        login
+            .args([
+                "login",
+                "--username",
+                &self.login.username,
+                "--password-stdin",
+            ])
+            .arg(&self.login.host)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = login.spawn().context("docker login")?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(self.login.password.as_bytes())?;
+        }
+        let logged_in = child.wait_with_output()?;
+        if !logged_in.status.success() {
+            bail!(
+                "docker login {}: {}",
+                self.login.host,
+                String::from_utf8_lossy(&logged_in.stderr)
+            );
+        }
+        run(docker().args(["tag", local_image, &reference]))?;
+        run(docker().args(["push", &reference])).context("docker push")?;
+        run(docker().args(["rmi", &reference]))?;
+        Ok(reference)
+    }
+
+    fn docker_config(&self) -> Result<PathBuf> {
+        let path = self.dir.path().join("docker-config");
+        std::fs::create_dir_all(&path)?;
+        Ok(path)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

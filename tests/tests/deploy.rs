@@ -1,0 +1,556 @@
+//! woa-deploy on the real Docker engine, driven through grpcurl as an operator would.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::{Value, json};
+use woa_tests::{
+    AppDeployment, Cleanup, Container, Deploy, DeployOptions, DesiredState, Identity, Registry,
+    containers, http_get, networks, remove_container, tar_gz, testapp_image, wait_until,
+};
+
+/// Long enough for a slow, busy machine; a passing test takes a few seconds.
+const CONVERGE: Duration = Duration::from_secs(45);
+
+/// backend (health-checked) and web (waits for backend, publishes MESSAGE=${GREETING}).
+fn web_and_backend(image: &str) -> String {
+    format!(
+        r#"services:
+  backend:
+    image: {image}
+    command: ["serve", "8080"]
+    healthcheck:
+      test: ["CMD", "/testapp", "probe", "8080"]
+      interval: 1s
+      timeout: 2s
+      retries: 30
+  web:
+    image: {image}
+    command: ["serve", "8080"]
+    environment:
+      MESSAGE: "${{GREETING}}"
+    ports: ["127.0.0.1::8080"]
+    depends_on:
+      backend:
+        condition: service_healthy
+"#
+    )
+}
+
+/// One service that just runs.
+fn single(image: &str) -> String {
+    format!("services:\n  app:\n    image: {image}\n    command: [\"sleep\"]\n")
+}
+
+/// The services of a deployment's containers, with how many containers each has.
+fn services(containers: &[Container]) -> BTreeMap<String, usize> {
+    let mut count = BTreeMap::new();
+    for container in containers {
+        *count.entry(container.service().to_owned()).or_default() += 1;
+    }
+    count
+}
+
+fn container_of<'a>(containers: &'a [Container], service: &str) -> Result<&'a Container> {
+    containers
+        .iter()
+        .find(|c| c.service() == service)
+        .with_context(|| format!("no container for service {service}: {containers:?}"))
+}
+
+/// Waits until the deployment's status refers to `revision` and says `state`.
+fn wait_for(deploy: &Deploy, id: &str, revision: &str, state: &str) -> Result<Value> {
+    let wanted = format!("DEPLOYMENT_STATE_{state}");
+    let mut last = None;
+    wait_until(CONVERGE, || {
+        let status = deploy.status(id)?;
+        let done = status
+            .as_ref()
+            .filter(|s| s["revision"] == revision && s["state"] == wanted.as_str())
+            .cloned();
+        last = status;
+        Ok(done)
+    })
+    .with_context(|| format!("{id} not {state} at {revision}; last status: {last:#?}"))
+}
+
+fn error_message(status: &Value) -> String {
+    format!(
+        "{} {}",
+        status["error"]["source"].as_str().unwrap_or_default(),
+        status["error"]["message"].as_str().unwrap_or_default()
+    )
+}
+
+#[test]
+fn serves_health_and_reflection_only_to_clients_with_a_certificate() -> Result<()> {
+    let deploy = Deploy::start()?;
+
+    let health = deploy.grpcurl("grpc.health.v1.Health/Check", &json!({}))?;
+    assert_eq!(health["status"], "SERVING");
+
+    let list = deploy.grpcurl_raw(Identity::Operator, &[], &["list"])?;
+    let services = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success(), "{list:?}");
+    assert!(
+        services
+            .lines()
+            .any(|l| l == "woa.deploy.v1.DeploymentService"),
+        "{services}"
+    );
+
+    let anonymous =
+        deploy.grpcurl_raw(Identity::Anonymous, &[], &["grpc.health.v1.Health/Check"])?;
+    assert!(
+        !anonymous.status.success(),
+        "a client without certificate got {anonymous:?}"
+    );
+    assert!(!String::from_utf8_lossy(&anonymous.stdout).contains("SERVING"));
+    Ok(())
+}
+
+#[test]
+fn a_two_service_app_installs_in_dependency_order_and_serves_its_parameter() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let deploy = Deploy::start()?;
+    let app = AppDeployment::new(&cleanup.deployment_id()?, "hello")
+        .component("app", "apps/hello/compose.yaml")
+        .parameter("GREETING", "hi from woa", &["app"]);
+
+    let response = deploy.apply(
+        &DesiredState::new("r1")
+            .deployment(&app)
+            .artifact("apps/hello/compose.yaml", web_and_backend(testapp_image()?)),
+    )?;
+    assert_eq!(response["accepted"], json!([app.id()]));
+    let status = wait_for(&deploy, app.id(), "r1", "INSTALLED")?;
+
+    let running = containers(app.id())?;
+    assert_eq!(
+        services(&running),
+        BTreeMap::from([("backend".into(), 1), ("web".into(), 1)])
+    );
+    assert!(running.iter().all(|c| c.state == "running"), "{running:?}");
+    assert_eq!(
+        container_of(&running, "backend")?.health.as_deref(),
+        Some("healthy")
+    );
+    let reported: usize = status["components"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| c["containers"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(reported, 2, "{status:#}");
+
+    let port = container_of(&running, "web")?
+        .host_port(8080)
+        .context("web publishes 8080")?;
+    assert_eq!(http_get(port, "/")?, (200, "hi from woa".to_owned()));
+    Ok(())
+}
+
+#[test]
+fn changing_a_parameter_recreates_only_the_container_that_uses_it() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let deploy = Deploy::start()?;
+    let id = cleanup.deployment_id()?;
+    let compose = web_and_backend(testapp_image()?);
+    let revision = |revision: &str, greeting: &str| {
+        let app = AppDeployment::new(&id, "hello")
+            .component("app", "apps/hello/compose.yaml")
+            .parameter("GREETING", greeting, &["app"]);
+        DesiredState::new(revision)
+            .deployment(&app)
+            .artifact("apps/hello/compose.yaml", compose.clone())
+    };
+
+    deploy.apply(&revision("r1", "first"))?;
+    wait_for(&deploy, &id, "r1", "INSTALLED")?;
+    let before = containers(&id)?;
+
+    deploy.apply(&revision("r2", "second"))?;
+    wait_for(&deploy, &id, "r2", "INSTALLED")?;
+    let after = containers(&id)?;
+
+    assert_eq!(services(&after), services(&before));
+    assert_eq!(
+        container_of(&after, "backend")?.id,
+        container_of(&before, "backend")?.id
+    );
+    assert_ne!(
+        container_of(&after, "web")?.id,
+        container_of(&before, "web")?.id
+    );
+    let port = container_of(&after, "web")?
+        .host_port(8080)
+        .context("web port")?;
+    assert_eq!(http_get(port, "/")?.1, "second");
+    Ok(())
+}
+
+#[test]
+fn a_deployment_left_out_of_the_desired_state_is_removed_with_its_network() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let deploy = Deploy::start()?;
+    let app = AppDeployment::new(&cleanup.deployment_id()?, "hello")
+        .component("app", "apps/hello/compose.yaml")
+        .parameter("GREETING", "bye soon", &["app"]);
+    deploy.apply(
+        &DesiredState::new("r1")
+            .deployment(&app)
+            .artifact("apps/hello/compose.yaml", web_and_backend(testapp_image()?)),
+    )?;
+    wait_for(&deploy, app.id(), "r1", "INSTALLED")?;
+    assert!(
+        !networks(app.id())?.is_empty(),
+        "the app runs on its own network"
+    );
+
+    deploy.apply(&DesiredState::new("r2"))?;
+    wait_until(CONVERGE, || {
+        Ok(containers(app.id())?.is_empty() && networks(app.id())?.is_empty())
+    })?;
+    wait_until(CONVERGE, || {
+        let status = deploy.status(app.id())?;
+        Ok(status.is_none_or(|s| s["state"] == "DEPLOYMENT_STATE_REMOVED"))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn a_kill_9_in_the_middle_of_an_apply_converges_without_duplicates() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let mut deploy = Deploy::start()?;
+    let image = testapp_image()?;
+    // A chain gated on health checks, so the apply takes a few seconds to interrupt.
+    let health = r#"
+    healthcheck:
+      test: ["CMD", "/testapp", "probe", "8080"]
+      interval: 1s
+      timeout: 2s
+      retries: 30"#;
+    let compose = format!(
+        "services:
+  first:
+    image: {image}
+    command: [\"serve\", \"8080\"]{health}
+  second:
+    image: {image}
+    command: [\"serve\", \"8080\"]{health}
+    depends_on: {{ first: {{ condition: service_healthy }} }}
+  third:
+    image: {image}
+    command: [\"serve\", \"8080\"]
+    depends_on: {{ second: {{ condition: service_healthy }} }}
+"
+    );
+    let app = AppDeployment::new(&cleanup.deployment_id()?, "chain")
+        .component("app", "apps/chain/compose.yaml");
+    deploy.apply(
+        &DesiredState::new("r1")
+            .deployment(&app)
+            .artifact("apps/chain/compose.yaml", compose),
+    )?;
+    wait_until(CONVERGE, || Ok(!containers(app.id())?.is_empty()))?;
+    deploy.kill9()?;
+    let interrupted = containers(app.id())?;
+    assert!(
+        interrupted.len() < 3,
+        "the apply was already done: {interrupted:?}"
+    );
+
+    deploy.restart()?;
+    wait_for(&deploy, app.id(), "r1", "INSTALLED")?;
+    let running = containers(app.id())?;
+    assert_eq!(
+        services(&running),
+        BTreeMap::from([
+            ("first".into(), 1),
+            ("second".into(), 1),
+            ("third".into(), 1)
+        ])
+    );
+    assert!(running.iter().all(|c| c.state == "running"), "{running:?}");
+    Ok(())
+}
+
+#[test]
+fn a_container_removed_behind_its_back_is_recreated_by_resync() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let deploy = Deploy::start_with(&DeployOptions {
+        resync_interval: Some("2s".into()),
+        ..DeployOptions::default()
+    })?;
+    let app = AppDeployment::new(&cleanup.deployment_id()?, "sleeper")
+        .component("app", "apps/sleeper/compose.yaml");
+    deploy.apply(
+        &DesiredState::new("r1")
+            .deployment(&app)
+            .artifact("apps/sleeper/compose.yaml", single(testapp_image()?)),
+    )?;
+    wait_for(&deploy, app.id(), "r1", "INSTALLED")?;
+    let removed = container_of(&containers(app.id())?, "app")?.id.clone();
+
+    remove_container(&removed)?;
+    let replacement = wait_until(Duration::from_secs(15), || {
+        let now = containers(app.id())?;
+        Ok(now
+            .into_iter()
+            .find(|c| c.id != removed && c.state == "running"))
+    })?;
+    assert_eq!(replacement.service(), "app");
+    assert_eq!(containers(app.id())?.len(), 1);
+    wait_for(&deploy, app.id(), "r1", "INSTALLED")?;
+    Ok(())
+}
+
+/// Installs a good deployment, then applies it again next to `bad` in one request: the bad
+/// document must fail with a message naming `culprit`, and the good one keep running untouched.
+fn fails_alone(
+    cleanup: &Cleanup,
+    bad: impl FnOnce(&str, DesiredState) -> DesiredState,
+    culprit: &str,
+) -> Result<()> {
+    let deploy = Deploy::start()?;
+    let good = AppDeployment::new(&cleanup.deployment_id()?, "good")
+        .component("app", "apps/good/compose.yaml");
+    let desired = DesiredState::new("r1")
+        .deployment(&good)
+        .artifact("apps/good/compose.yaml", single(testapp_image()?));
+    deploy.apply(&desired)?;
+    wait_for(&deploy, good.id(), "r1", "INSTALLED")?;
+    let before = containers(good.id())?;
+
+    let bad_id = cleanup.deployment_id()?;
+    let response = deploy.apply(&bad(&bad_id, desired.clone().revision("r2")))?;
+    let accepted = response["accepted"].as_array().cloned().unwrap_or_default();
+    assert!(accepted.contains(&json!(good.id())), "{response:#}");
+
+    let failure = wait_for(&deploy, &bad_id, "r2", "FAILED")?;
+    let message = error_message(&failure);
+    ensure!(
+        message.contains(culprit),
+        "the error does not name {culprit:?}: {failure:#}"
+    );
+
+    let status = deploy
+        .status(good.id())?
+        .context("good deployment vanished")?;
+    assert_eq!(status["state"], "DEPLOYMENT_STATE_INSTALLED", "{status:#}");
+    let after = containers(good.id())?;
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].id, before[0].id, "the good deployment was touched");
+    assert_eq!(after[0].state, "running");
+    Ok(())
+}
+
+fn compose_app(id: &str, desired: DesiredState, compose: String) -> DesiredState {
+    let app = AppDeployment::new(id, "bad").component("app", "apps/bad/compose.yaml");
+    desired
+        .deployment(&app)
+        .artifact("apps/bad/compose.yaml", compose)
+}
+
+#[test]
+fn malformed_yaml_is_rejected_and_changes_nothing() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let deploy = Deploy::start()?;
+    let good = AppDeployment::new(&cleanup.deployment_id()?, "good")
+        .component("app", "apps/good/compose.yaml");
+    let desired = DesiredState::new("r1")
+        .deployment(&good)
+        .artifact("apps/good/compose.yaml", single(testapp_image()?));
+    deploy.apply(&desired)?;
+    wait_for(&deploy, good.id(), "r1", "INSTALLED")?;
+    let before = containers(good.id())?;
+
+    let path = "deployments/broken.yaml";
+    let response = deploy.apply(&desired.revision("r2").document(
+        path,
+        "apiVersion: application.margo.org/v1alpha1\nkind: [unclosed\n",
+    ))?;
+    let rejected = |list: &Value| -> Option<Value> {
+        list.as_array()?.iter().find(|r| r["path"] == path).cloned()
+    };
+    let in_response = rejected(&response["rejected"]).context(format!("{response:#}"))?;
+    assert!(
+        in_response["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
+    let state = deploy.current_state()?;
+    assert!(rejected(&state["rejected"]).is_some(), "{state:#}");
+
+    let status = deploy
+        .status(good.id())?
+        .context("good deployment vanished")?;
+    assert_eq!(status["state"], "DEPLOYMENT_STATE_INSTALLED");
+    assert_eq!(containers(good.id())?[0].id, before[0].id);
+    Ok(())
+}
+
+#[test]
+fn a_deployment_without_components_fails_naming_the_field() -> Result<()> {
+    let cleanup = Cleanup::new();
+    fails_alone(
+        &cleanup,
+        |id, desired| desired.deployment(&AppDeployment::new(id, "empty")),
+        "components",
+    )
+}
+
+#[test]
+fn an_unknown_profile_type_fails_naming_it() -> Result<()> {
+    let cleanup = Cleanup::new();
+    fails_alone(
+        &cleanup,
+        |id, desired| {
+            let app = AppDeployment::new(id, "odd")
+                .profile("nomad-job")
+                .component("app", "x");
+            desired.deployment(&app)
+        },
+        "nomad-job",
+    )
+}
+
+#[test]
+fn a_helm_profile_is_not_supported_on_this_device() -> Result<()> {
+    let cleanup = Cleanup::new();
+    fails_alone(
+        &cleanup,
+        |id, desired| {
+            let app = AppDeployment::new(id, "chart")
+                .profile("helm")
+                .component("app", "x");
+            desired.deployment(&app)
+        },
+        "deployment profile helm is not supported on this device",
+    )
+}
+
+#[test]
+fn an_unsupported_compose_key_fails_naming_it() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let image = testapp_image()?;
+    fails_alone(
+        &cleanup,
+        |id, desired| {
+            let compose = format!("services:\n  app:\n    image: {image}\n    privileged: true\n");
+            compose_app(id, desired, compose)
+        },
+        "privileged",
+    )
+}
+
+#[test]
+fn an_image_that_does_not_exist_fails_naming_it() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let missing = format!("woa-tests/does-not-exist:{}", cleanup.deployment_id()?);
+    fails_alone(
+        &cleanup,
+        |id, desired| {
+            compose_app(
+                id,
+                desired,
+                format!("services:\n  app:\n    image: {missing}\n"),
+            )
+        },
+        &missing,
+    )
+}
+
+#[test]
+fn a_parameter_for_an_unknown_component_fails_naming_it() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let image = testapp_image()?;
+    fails_alone(
+        &cleanup,
+        |id, desired| {
+            let app = AppDeployment::new(id, "param")
+                .component("app", "apps/param/compose.yaml")
+                .parameter("GREETING", "hi", &["no-such-component"]);
+            desired
+                .deployment(&app)
+                .artifact("apps/param/compose.yaml", single(image))
+        },
+        "no-such-component",
+    )
+}
+
+#[test]
+fn an_archive_entry_escaping_the_package_fails_naming_it() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let archive = tar_gz(&[
+        ("compose.yaml", single(testapp_image()?).as_bytes()),
+        ("../escape.txt", b"outside"),
+    ])?;
+    fails_alone(
+        &cleanup,
+        |id, desired| {
+            let app =
+                AppDeployment::new(id, "archive").component("app", "apps/evil/package.tar.gz");
+            desired
+                .deployment(&app)
+                .artifact("apps/evil/package.tar.gz", archive)
+        },
+        "../escape.txt",
+    )
+}
+
+#[test]
+fn images_are_pulled_from_a_registry_with_its_credentials() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let registry = Registry::start()?;
+    let image = registry.push(
+        testapp_image()?,
+        &format!("woa-tests/app:{}", cleanup.deployment_id()?),
+    )?;
+    cleanup.image(&image);
+    let deploy = Deploy::start_with(&DeployOptions {
+        registries: vec![registry.login()],
+        ..DeployOptions::default()
+    })?;
+    let app = AppDeployment::new(&cleanup.deployment_id()?, "pulled")
+        .component("app", "apps/pulled/compose.yaml");
+    deploy.apply(
+        &DesiredState::new("r1")
+            .deployment(&app)
+            .artifact("apps/pulled/compose.yaml", single(&image)),
+    )?;
+    wait_for(&deploy, app.id(), "r1", "INSTALLED")?;
+    let running = containers(app.id())?;
+    assert_eq!(running.len(), 1);
+    assert_eq!(running[0].state, "running");
+    Ok(())
+}
+
+#[test]
+fn a_wrong_registry_password_fails_naming_the_image() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let registry = Registry::start()?;
+    let image = registry.push(
+        testapp_image()?,
+        &format!("woa-tests/app:{}", cleanup.deployment_id()?),
+    )?;
+    cleanup.image(&image);
+    let mut login = registry.login();
+    login.password = "not-the-password".into();
+    let deploy = Deploy::start_with(&DeployOptions {
+        registries: vec![login],
+        ..DeployOptions::default()
+    })?;
+    let app = AppDeployment::new(&cleanup.deployment_id()?, "denied")
+        .component("app", "apps/denied/compose.yaml");
+    deploy.apply(
+        &DesiredState::new("r1")
+            .deployment(&app)
+            .artifact("apps/denied/compose.yaml", single(&image)),
+    )?;
+    let failure = wait_for(&deploy, app.id(), "r1", "FAILED")?;
+    assert!(error_message(&failure).contains(&image), "{failure:#}");
+    assert!(containers(app.id())?.is_empty());
+    Ok(())
+}
