@@ -16,6 +16,9 @@ use crate::package::{Credentials, PackageConfig};
 pub struct Config {
     /// gRPC address; loopback by default so nothing outside the device reaches it.
     pub listen: SocketAddr,
+    /// Name of this agent on the engine (label `org.margo.woa.agent`); objects of other
+    /// instances are never touched. One per engine is the norm.
+    pub instance: String,
     /// Where desired state and packages are kept.
     pub state_dir: PathBuf,
     /// Period of drift checks.
@@ -67,6 +70,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7411)),
+            instance: "default".into(),
             state_dir: PathBuf::from("/var/lib/woa-deploy"),
             resync_interval: Duration::from_secs(30),
             remove_volumes: false,

@@ -17,8 +17,8 @@ use futures_util::TryStreamExt;
 
 use crate::package::{Credentials, Secret};
 use crate::runtime::{
-    ContainerPlan, ContainerRuntime, EngineFacts, LABEL_COMPONENT, LABEL_DEPLOYMENT, LABEL_SERVICE,
-    LABEL_SPEC_HASH, Observed, ObservedContainer, ObservedObject, Owner,
+    ContainerPlan, ContainerRuntime, EngineFacts, LABEL_AGENT, LABEL_COMPONENT, LABEL_DEPLOYMENT,
+    LABEL_SERVICE, LABEL_SPEC_HASH, Observed, ObservedContainer, ObservedObject, Owner,
 };
 use crate::spec::{self, BindSource, Network, Volume};
 use crate::{Error, Result};
@@ -28,18 +28,29 @@ use crate::{Error, Result};
 pub struct DockerRuntime {
     docker: Docker,
     registries: BTreeMap<String, Credentials>,
+    /// Value of `org.margo.woa.agent` on every object this runtime manages.
+    instance: String,
 }
 
 impl DockerRuntime {
     /// Connects to the engine (`DOCKER_HOST` or the local socket) and negotiates the API version,
     /// since device engines are often older than the newest API.
-    pub async fn connect(registries: BTreeMap<String, Credentials>) -> Result<Self> {
+    /// Only objects labelled with `instance` are seen or touched, so several agents (or test
+    /// runs) can share one engine.
+    pub async fn connect(
+        registries: BTreeMap<String, Credentials>,
+        instance: &str,
+    ) -> Result<Self> {
         let docker = Docker::connect_with_defaults()
             .map_err(|e| engine("connecting to the docker engine", e))?
             .negotiate_version()
             .await
             .map_err(|e| engine("negotiating the docker API version", e))?;
-        Ok(Self { docker, registries })
+        Ok(Self {
+            docker,
+            registries,
+            instance: instance.to_string(),
+        })
     }
 
     fn credentials(&self, image: &str) -> Result<Option<DockerCredentials>> {
@@ -122,17 +133,25 @@ fn owner_of(labels: &HashMap<String, String>) -> Option<Owner> {
     })
 }
 
-fn owner_labels(owner: &Owner, extra: &BTreeMap<String, String>) -> HashMap<String, String> {
+fn owner_labels(
+    instance: &str,
+    owner: &Owner,
+    extra: &BTreeMap<String, String>,
+) -> HashMap<String, String> {
     let mut labels: HashMap<_, _> = extra.clone().into_iter().collect();
+    labels.insert(LABEL_AGENT.into(), instance.to_string());
     labels.insert(LABEL_DEPLOYMENT.into(), owner.deployment.clone());
     labels.insert(LABEL_COMPONENT.into(), owner.component.clone());
     labels
 }
 
-fn managed_filter() -> Option<HashMap<String, Vec<String>>> {
+fn managed_filter(instance: &str) -> Option<HashMap<String, Vec<String>>> {
     Some(HashMap::from([(
         "label".to_string(),
-        vec![LABEL_DEPLOYMENT.to_string()],
+        vec![
+            LABEL_DEPLOYMENT.to_string(),
+            format!("{LABEL_AGENT}={instance}"),
+        ],
     )]))
 }
 
@@ -152,7 +171,7 @@ impl ContainerRuntime for DockerRuntime {
             .docker
             .list_containers(Some(ListContainersOptions {
                 all: true,
-                filters: managed_filter(),
+                filters: managed_filter(&self.instance),
                 ..Default::default()
             }))
             .await
@@ -173,7 +192,7 @@ impl ContainerRuntime for DockerRuntime {
         let networks = self
             .docker
             .list_networks(Some(ListNetworksOptions {
-                filters: managed_filter(),
+                filters: managed_filter(&self.instance),
             }))
             .await
             .map_err(|e| engine("listing networks", e))?
@@ -189,7 +208,7 @@ impl ContainerRuntime for DockerRuntime {
         let volumes = self
             .docker
             .list_volumes(Some(ListVolumesOptions {
-                filters: managed_filter(),
+                filters: managed_filter(&self.instance),
             }))
             .await
             .map_err(|e| engine("listing volumes", e))?
@@ -241,7 +260,7 @@ impl ContainerRuntime for DockerRuntime {
             name: name.to_string(),
             driver: network.driver.clone(),
             internal: Some(network.internal),
-            labels: Some(owner_labels(owner, &network.labels)),
+            labels: Some(owner_labels(&self.instance, owner, &network.labels)),
             ..Default::default()
         };
         self.docker
@@ -256,7 +275,7 @@ impl ContainerRuntime for DockerRuntime {
             name: Some(name.to_string()),
             driver: volume.driver.clone(),
             driver_opts: Some(volume.driver_opts.clone().into_iter().collect()),
-            labels: Some(owner_labels(owner, &volume.labels)),
+            labels: Some(owner_labels(&self.instance, owner, &volume.labels)),
             ..Default::default()
         };
         self.docker
@@ -267,7 +286,7 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn create_container(&self, plan: &ContainerPlan) -> Result<String> {
-        let (body, mut more_networks) = container_body(plan);
+        let (body, mut more_networks) = container_body(&self.instance, plan);
         let options = CreateContainerOptions {
             name: Some(plan.name.clone()),
             ..Default::default()
@@ -344,9 +363,12 @@ impl ContainerRuntime for DockerRuntime {
 
 /// The engine's create request for a planned container, and the further networks to connect
 /// it to before it starts (engines before API 1.44 take one network at create time).
-fn container_body(plan: &ContainerPlan) -> (ContainerCreateBody, Vec<(String, EndpointSettings)>) {
+fn container_body(
+    instance: &str,
+    plan: &ContainerPlan,
+) -> (ContainerCreateBody, Vec<(String, EndpointSettings)>) {
     let s = &plan.service;
-    let mut labels: HashMap<String, String> = owner_labels(&plan.owner, &s.labels);
+    let mut labels: HashMap<String, String> = owner_labels(instance, &plan.owner, &s.labels);
     labels.insert(LABEL_SERVICE.into(), s.name.clone());
     labels.insert(LABEL_SPEC_HASH.into(), plan.spec_hash.clone());
 

@@ -28,7 +28,8 @@ pub use error::{Error, Result};
 /// `cancel`.
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
     let fetcher = package::PackageFetcher::new(&config.packages)?;
-    let runtime = docker::DockerRuntime::connect(config.registries.clone()).await?;
+    let runtime =
+        docker::DockerRuntime::connect(config.registries.clone(), &config.instance).await?;
     let bound = server::bind(&config).await?;
     let settings = agent::AgentSettings {
         state_dir: config.state_dir.clone(),

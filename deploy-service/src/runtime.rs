@@ -7,6 +7,8 @@ use std::future::Future;
 use crate::Result;
 use crate::spec::{Network, Volume};
 
+/// Label naming the agent instance that manages an object (config `instance`).
+pub const LABEL_AGENT: &str = "org.margo.woa.agent";
 /// Label naming the deployment an object belongs to; objects without it are never touched.
 pub const LABEL_DEPLOYMENT: &str = "org.margo.woa.deployment";
 /// Label naming the deployment component.

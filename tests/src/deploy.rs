@@ -40,7 +40,7 @@ pub enum Identity {
 
 /// A running `woa-deploy serve` with its own PKI, config and state dir.
 ///
-/// Killed when dropped; its log (stderr) is printed then if the test is failing.
+/// Killed when dropped; its log (stderr) is printed then, which libtest shows for failed tests.
 pub struct Deploy {
     child: Option<Child>,
     dir: TempDir,
@@ -195,6 +195,7 @@ impl Deploy {
             .arg("--config")
             .arg(self.dir.path().join("deploy.toml"))
             .env("RUST_LOG", "info,woa_deploy=debug")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -219,13 +220,12 @@ impl Deploy {
 impl Drop for Deploy {
     fn drop(&mut self) {
         let _ = self.kill9();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- woa-deploy log ({}) ----\n{}",
-                self.address,
-                self.log()
-            );
-        }
+        // libtest shows a test's captured output only when it fails, which is when it matters.
+        eprintln!(
+            "---- woa-deploy log ({}) ----\n{}",
+            self.address,
+            self.log()
+        );
     }
 }
 
