@@ -40,7 +40,7 @@ pub struct Agent<R> {
     fetcher: PackageFetcher,
     settings: AgentSettings,
     desired: Mutex<DesiredState>,
-    /// Apply errors by component, from the last pass that touched it.
+    /// Apply errors by component, from the last pass.
     errors: Mutex<HashMap<Owner, StatusError>>,
     /// Deployments removed since start, reported `removed` until they come back.
     removed: Mutex<BTreeMap<String, String>>,
@@ -140,6 +140,7 @@ impl<R: ContainerRuntime> Agent<R> {
     #[tracing::instrument(skip(self), fields(revision))]
     pub async fn reconcile_once(&self) -> Result<()> {
         let _pass = self.pass.lock().await;
+        let started = std::time::Instant::now();
         let desired = self.desired.lock().await.clone();
         tracing::Span::current().record("revision", desired.revision.as_str());
         let observed = self.runtime.observe().await?;
@@ -152,14 +153,12 @@ impl<R: ContainerRuntime> Agent<R> {
             self.publish(&desired, &observed).await;
         }
         let mut failed: HashMap<Owner, StatusError> = HashMap::new();
-        let mut touched: Vec<Owner> = Vec::new();
         for step in steps {
             let owner = step.owner().cloned();
             if let Some(o) = &owner {
                 if failed.contains_key(o) {
                     continue; // Later steps of a failed component would fail the same way.
                 }
-                touched.push(o.clone());
             }
             if let Err(e) = self.execute(&step).await {
                 tracing::warn!(error = %e, ?owner, "step failed");
@@ -168,15 +167,15 @@ impl<R: ContainerRuntime> Agent<R> {
                 }
             }
         }
-        {
-            let mut errors = self.errors.lock().await;
-            for o in touched {
-                errors.remove(&o);
-            }
-            errors.extend(failed);
-        }
+        // A component that needed no step, or whose steps all worked, has converged: only
+        // this pass's failures stand.
+        *self.errors.lock().await = failed;
         let observed = self.runtime.observe().await?;
         self.publish(&desired, &observed).await;
+        tracing::debug!(
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "reconcile pass done"
+        );
         Ok(())
     }
 

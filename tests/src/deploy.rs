@@ -5,6 +5,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -38,24 +39,41 @@ pub enum Identity {
     Anonymous,
 }
 
+/// Held by the one [`Deploy`] of this process that may run at a time.
+///
+/// woa-deploy owns every labelled object on its engine and removes those it does not desire,
+/// so two instances on one engine remove each other's deployments. Tests share the engine and
+/// therefore take turns.
+static ENGINE: Mutex<()> = Mutex::new(());
+
 /// A running `woa-deploy serve` with its own PKI, config and state dir.
 ///
 /// Killed when dropped; its log (stderr) is printed then, which libtest shows for failed tests.
+/// Only one exists at a time per test process (see [`Deploy::start`]).
 pub struct Deploy {
     child: Option<Child>,
     dir: TempDir,
     pki: Pki,
     address: String,
+    // Declared last so it is released only after the process is gone.
+    _engine: MutexGuard<'static, ()>,
 }
 
 impl Deploy {
     /// Starts the service with default options.
+    ///
+    /// Waits while another `Deploy` of this process runs: instances sharing the engine would
+    /// remove each other's deployments.
     pub fn start() -> Result<Deploy> {
         Deploy::start_with(&DeployOptions::default())
     }
 
     /// Writes a config on a free port, starts the service and waits until health answers.
     pub fn start_with(options: &DeployOptions) -> Result<Deploy> {
+        // A test that failed while holding the engine leaves nothing behind that matters here.
+        let engine = ENGINE
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let pki = Pki::init()?;
         let dir = tempfile::tempdir()?;
         let address = format!("127.0.0.1:{}", free_port()?);
@@ -66,6 +84,7 @@ impl Deploy {
             dir,
             pki,
             address,
+            _engine: engine,
         };
         deploy.spawn()?;
         Ok(deploy)
