@@ -155,10 +155,9 @@ impl<R: ContainerRuntime> Agent<R> {
         let mut failed: HashMap<Owner, StatusError> = HashMap::new();
         for step in steps {
             let owner = step.owner().cloned();
-            if let Some(o) = &owner {
-                if failed.contains_key(o) {
-                    continue; // Later steps of a failed component would fail the same way.
-                }
+            // Later steps of a failed component would fail the same way.
+            if owner.as_ref().is_some_and(|o| failed.contains_key(o)) {
+                continue;
             }
             if let Err(e) = self.execute(&step).await {
                 tracing::warn!(error = %e, ?owner, "step failed");
