@@ -5,7 +5,6 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -16,10 +15,13 @@ use crate::binaries;
 use crate::desired::DesiredState;
 use crate::pki::Pki;
 use crate::registry::RegistryLogin;
-use crate::util::{free_port, output, wait_until};
+use crate::util::{free_port, new_deployment_id, output, wait_until};
 
 /// How long a fresh or restarted service may take to answer health checks.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a deployment may take to reach a state; a passing test needs a few seconds.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// What to put in the service's config beyond the listener, state dir and TLS.
 #[derive(Debug, Clone, Default)]
@@ -39,41 +41,26 @@ pub enum Identity {
     Anonymous,
 }
 
-/// Held by the one [`Deploy`] of this process that may run at a time.
-///
-/// woa-deploy owns every labelled object on its engine and removes those it does not desire,
-/// so two instances on one engine remove each other's deployments. Tests share the engine and
-/// therefore take turns.
-static ENGINE: Mutex<()> = Mutex::new(());
-
 /// A running `woa-deploy serve` with its own PKI, config and state dir.
 ///
 /// Killed when dropped; its log (stderr) is printed then, which libtest shows for failed tests.
-/// Only one exists at a time per test process (see [`Deploy::start`]).
+/// Each has its own `instance` name: woa-deploy removes every object of its instance that it
+/// does not desire, so instances sharing the engine must not share a name.
 pub struct Deploy {
     child: Option<Child>,
     dir: TempDir,
     pki: Pki,
     address: String,
-    // Declared last so it is released only after the process is gone.
-    _engine: MutexGuard<'static, ()>,
 }
 
 impl Deploy {
     /// Starts the service with default options.
-    ///
-    /// Waits while another `Deploy` of this process runs: instances sharing the engine would
-    /// remove each other's deployments.
     pub fn start() -> Result<Deploy> {
         Deploy::start_with(&DeployOptions::default())
     }
 
     /// Writes a config on a free port, starts the service and waits until health answers.
     pub fn start_with(options: &DeployOptions) -> Result<Deploy> {
-        // A test that failed while holding the engine leaves nothing behind that matters here.
-        let engine = ENGINE
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let pki = Pki::init()?;
         let dir = tempfile::tempdir()?;
         let address = format!("127.0.0.1:{}", free_port()?);
@@ -84,7 +71,6 @@ impl Deploy {
             dir,
             pki,
             address,
-            _engine: engine,
         };
         deploy.spawn()?;
         Ok(deploy)
@@ -180,27 +166,22 @@ impl Deploy {
             .cloned())
     }
 
-    /// Waits until `deployment_id` is in `state` (e.g. "INSTALLED", "FAILED") and returns its
-    /// status.
-    pub fn wait_for_state(
-        &self,
-        deployment_id: &str,
-        state: &str,
-        timeout: Duration,
-    ) -> Result<Value> {
+    /// Waits until the status of `deployment_id` refers to `revision` and is in `state`
+    /// ("INSTALLED", "FAILED", ...), and returns that status.
+    pub fn wait_for(&self, deployment_id: &str, revision: &str, state: &str) -> Result<Value> {
         let wanted = format!("DEPLOYMENT_STATE_{state}");
         let mut last = None;
-        let found = wait_until(timeout, || {
+        let found = wait_until(CONVERGE_TIMEOUT, || {
             let status = self.status(deployment_id)?;
             let done = status
                 .as_ref()
-                .filter(|status| status["state"] == wanted.as_str())
+                .filter(|s| s["revision"] == revision && s["state"] == wanted.as_str())
                 .cloned();
             last = status;
             Ok(done)
         });
         found.with_context(|| {
-            format!("{deployment_id} not {state} within {timeout:?}; last status: {last:?}")
+            format!("{deployment_id} not {state} at {revision}; last status: {last:#?}")
         })
     }
 
@@ -252,9 +233,11 @@ fn config_toml(address: &str, dir: &Path, pki: &Pki, options: &DeployOptions) ->
     let q = |s: &str| Value::from(s).to_string();
     let path = |p: &Path| q(&p.display().to_string());
     let state_dir = dir.join("state");
+    let instance = format!("woa-tests-{}", new_deployment_id()?);
     let mut toml = format!(
-        "listen = {}\nstate_dir = {}\n",
+        "listen = {}\ninstance = {}\nstate_dir = {}\n",
         q(address),
+        q(&instance),
         path(&state_dir)
     );
     if let Some(interval) = &options.resync_interval {
@@ -311,7 +294,7 @@ mod tests {
             }],
         };
         let toml = config_toml("127.0.0.1:7411", dir.path(), &pki, &options).unwrap();
-        assert!(toml.starts_with("listen = \"127.0.0.1:7411\"\n"));
+        assert!(toml.starts_with("listen = \"127.0.0.1:7411\"\ninstance = \"woa-tests-"));
         assert!(toml.contains("resync_interval = \"2s\"\n"));
         assert!(toml.contains("[tls]\nca = "));
         assert!(toml.contains("[registries.\"127.0.0.1:5000\"]\nusername = \"tester\"\n"));

@@ -1,6 +1,6 @@
 //! The local PKI of one woa-deploy instance, made by `woa-deploy certs init`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result};
@@ -23,11 +23,6 @@ impl Pki {
             .arg(dir.path()))
         .context("woa-deploy certs init")?;
         Ok(Pki { dir })
-    }
-
-    /// The directory holding the PEM files.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     /// A file of the PKI by name, e.g. `ca.pem` or `operator-key.pem`.

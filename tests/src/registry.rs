@@ -79,11 +79,6 @@ impl Registry {
         Ok(registry)
     }
 
-    /// `host:port`, the prefix of image references in this registry.
-    pub fn host(&self) -> &str {
-        &self.login.host
-    }
-
     /// The credentials this registry accepts.
     pub fn login(&self) -> RegistryLogin {
         self.login.clone()

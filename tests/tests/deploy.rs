@@ -7,7 +7,8 @@ use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 use woa_tests::{
     AppDeployment, Cleanup, Container, Deploy, DeployOptions, DesiredState, Identity, Registry,
-    containers, http_get, networks, remove_container, tar_gz, testapp_image, wait_until,
+    containers, http_get, networks, new_deployment_id, remove_container, tar_gz, testapp_image,
+    wait_until,
 };
 
 /// Long enough for a slow, busy machine; a passing test takes a few seconds.
@@ -59,30 +60,6 @@ fn container_of<'a>(containers: &'a [Container], service: &str) -> Result<&'a Co
         .with_context(|| format!("no container for service {service}: {containers:?}"))
 }
 
-/// Waits until the deployment's status refers to `revision` and says `state`.
-fn wait_for(deploy: &Deploy, id: &str, revision: &str, state: &str) -> Result<Value> {
-    let wanted = format!("DEPLOYMENT_STATE_{state}");
-    let mut last = None;
-    wait_until(CONVERGE, || {
-        let status = deploy.status(id)?;
-        let done = status
-            .as_ref()
-            .filter(|s| s["revision"] == revision && s["state"] == wanted.as_str())
-            .cloned();
-        last = status;
-        Ok(done)
-    })
-    .with_context(|| format!("{id} not {state} at {revision}; last status: {last:#?}"))
-}
-
-fn error_message(status: &Value) -> String {
-    format!(
-        "{} {}",
-        status["error"]["source"].as_str().unwrap_or_default(),
-        status["error"]["message"].as_str().unwrap_or_default()
-    )
-}
-
 #[test]
 fn serves_health_and_reflection_only_to_clients_with_a_certificate() -> Result<()> {
     let deploy = Deploy::start()?;
@@ -124,7 +101,7 @@ fn a_two_service_app_installs_in_dependency_order_and_serves_its_parameter() -> 
             .artifact("apps/hello/compose.yaml", web_and_backend(testapp_image()?)),
     )?;
     assert_eq!(response["accepted"], json!([app.id()]));
-    let status = wait_for(&deploy, app.id(), "r1", "INSTALLED")?;
+    let status = deploy.wait_for(app.id(), "r1", "INSTALLED")?;
 
     let running = containers(app.id())?;
     assert_eq!(
@@ -167,11 +144,11 @@ fn changing_a_parameter_recreates_only_the_container_that_uses_it() -> Result<()
     };
 
     deploy.apply(&revision("r1", "first"))?;
-    wait_for(&deploy, &id, "r1", "INSTALLED")?;
+    deploy.wait_for(&id, "r1", "INSTALLED")?;
     let before = containers(&id)?;
 
     deploy.apply(&revision("r2", "second"))?;
-    wait_for(&deploy, &id, "r2", "INSTALLED")?;
+    deploy.wait_for(&id, "r2", "INSTALLED")?;
     let after = containers(&id)?;
 
     assert_eq!(services(&after), services(&before));
@@ -202,7 +179,7 @@ fn a_deployment_left_out_of_the_desired_state_is_removed_with_its_network() -> R
             .deployment(&app)
             .artifact("apps/hello/compose.yaml", web_and_backend(testapp_image()?)),
     )?;
-    wait_for(&deploy, app.id(), "r1", "INSTALLED")?;
+    deploy.wait_for(app.id(), "r1", "INSTALLED")?;
     assert!(
         !networks(app.id())?.is_empty(),
         "the app runs on its own network"
@@ -262,7 +239,7 @@ fn a_kill_9_in_the_middle_of_an_apply_converges_without_duplicates() -> Result<(
     );
 
     deploy.restart()?;
-    wait_for(&deploy, app.id(), "r1", "INSTALLED")?;
+    deploy.wait_for(app.id(), "r1", "INSTALLED")?;
     let running = containers(app.id())?;
     assert_eq!(
         services(&running),
@@ -290,7 +267,7 @@ fn a_container_removed_behind_its_back_is_recreated_by_resync() -> Result<()> {
             .deployment(&app)
             .artifact("apps/sleeper/compose.yaml", single(testapp_image()?)),
     )?;
-    wait_for(&deploy, app.id(), "r1", "INSTALLED")?;
+    deploy.wait_for(app.id(), "r1", "INSTALLED")?;
     let removed = container_of(&containers(app.id())?, "app")?.id.clone();
 
     remove_container(&removed)?;
@@ -302,48 +279,64 @@ fn a_container_removed_behind_its_back_is_recreated_by_resync() -> Result<()> {
     })?;
     assert_eq!(replacement.service(), "app");
     assert_eq!(containers(app.id())?.len(), 1);
-    wait_for(&deploy, app.id(), "r1", "INSTALLED")?;
+    deploy.wait_for(app.id(), "r1", "INSTALLED")?;
     Ok(())
 }
 
-/// Installs a good deployment, then applies it again next to `bad` in one request: the bad
-/// document must fail with a message naming `culprit`, and the good one keep running untouched.
-fn fails_alone(
-    cleanup: &Cleanup,
-    bad: impl FnOnce(&str, DesiredState) -> DesiredState,
-    culprit: &str,
-) -> Result<()> {
+/// A deployment that runs before bad input arrives next to it, and must stay untouched.
+struct Bystander {
+    desired: DesiredState,
+    id: String,
+    container_id: String,
+}
+
+impl Bystander {
+    fn install(deploy: &Deploy, cleanup: &Cleanup) -> Result<Bystander> {
+        let app = AppDeployment::new(&cleanup.deployment_id()?, "bystander")
+            .component("app", "apps/bystander/compose.yaml");
+        let desired = DesiredState::new("r1")
+            .deployment(&app)
+            .artifact("apps/bystander/compose.yaml", single(testapp_image()?));
+        deploy.apply(&desired)?;
+        deploy.wait_for(app.id(), "r1", "INSTALLED")?;
+        let container_id = container_of(&containers(app.id())?, "app")?.id.clone();
+        Ok(Bystander {
+            desired,
+            id: app.id().to_owned(),
+            container_id,
+        })
+    }
+
+    fn assert_untouched(&self, deploy: &Deploy) -> Result<()> {
+        let status = deploy.status(&self.id)?.context("the bystander vanished")?;
+        assert_eq!(status["state"], "DEPLOYMENT_STATE_INSTALLED", "{status:#}");
+        let now = containers(&self.id)?;
+        assert_eq!(now.len(), 1, "{now:?}");
+        assert_eq!(now[0].id, self.container_id, "the bystander was recreated");
+        assert_eq!(now[0].state, "running");
+        Ok(())
+    }
+}
+
+/// Applies `bad` next to a running bystander: the bad deployment must fail with an error
+/// message naming `culprit`, and the bystander keep running untouched.
+fn fails_alone(bad: impl FnOnce(&str, DesiredState) -> DesiredState, culprit: &str) -> Result<()> {
+    let cleanup = Cleanup::new();
     let deploy = Deploy::start()?;
-    let good = AppDeployment::new(&cleanup.deployment_id()?, "good")
-        .component("app", "apps/good/compose.yaml");
-    let desired = DesiredState::new("r1")
-        .deployment(&good)
-        .artifact("apps/good/compose.yaml", single(testapp_image()?));
-    deploy.apply(&desired)?;
-    wait_for(&deploy, good.id(), "r1", "INSTALLED")?;
-    let before = containers(good.id())?;
+    let bystander = Bystander::install(&deploy, &cleanup)?;
 
     let bad_id = cleanup.deployment_id()?;
-    let response = deploy.apply(&bad(&bad_id, desired.clone().revision("r2")))?;
+    let response = deploy.apply(&bad(&bad_id, bystander.desired.clone().revision("r2")))?;
     let accepted = response["accepted"].as_array().cloned().unwrap_or_default();
-    assert!(accepted.contains(&json!(good.id())), "{response:#}");
+    assert!(accepted.contains(&json!(bystander.id)), "{response:#}");
 
-    let failure = wait_for(&deploy, &bad_id, "r2", "FAILED")?;
-    let message = error_message(&failure);
+    let failure = deploy.wait_for(&bad_id, "r2", "FAILED")?;
+    let message = failure["error"]["message"].as_str().unwrap_or_default();
     ensure!(
         message.contains(culprit),
         "the error does not name {culprit:?}: {failure:#}"
     );
-
-    let status = deploy
-        .status(good.id())?
-        .context("good deployment vanished")?;
-    assert_eq!(status["state"], "DEPLOYMENT_STATE_INSTALLED", "{status:#}");
-    let after = containers(good.id())?;
-    assert_eq!(after.len(), 1);
-    assert_eq!(after[0].id, before[0].id, "the good deployment was touched");
-    assert_eq!(after[0].state, "running");
-    Ok(())
+    bystander.assert_untouched(&deploy)
 }
 
 fn compose_app(id: &str, desired: DesiredState, compose: String) -> DesiredState {
@@ -357,45 +350,32 @@ fn compose_app(id: &str, desired: DesiredState, compose: String) -> DesiredState
 fn malformed_yaml_is_rejected_and_changes_nothing() -> Result<()> {
     let cleanup = Cleanup::new();
     let deploy = Deploy::start()?;
-    let good = AppDeployment::new(&cleanup.deployment_id()?, "good")
-        .component("app", "apps/good/compose.yaml");
-    let desired = DesiredState::new("r1")
-        .deployment(&good)
-        .artifact("apps/good/compose.yaml", single(testapp_image()?));
-    deploy.apply(&desired)?;
-    wait_for(&deploy, good.id(), "r1", "INSTALLED")?;
-    let before = containers(good.id())?;
+    let bystander = Bystander::install(&deploy, &cleanup)?;
 
     let path = "deployments/broken.yaml";
-    let response = deploy.apply(&desired.revision("r2").document(
-        path,
-        "apiVersion: application.margo.org/v1alpha1\nkind: [unclosed\n",
-    ))?;
+    let broken = "apiVersion: application.margo.org/v1alpha1\nkind: [unclosed\n";
+    let response = deploy.apply(
+        &bystander
+            .desired
+            .clone()
+            .revision("r2")
+            .document(path, broken),
+    )?;
+    // Without parsing, no deployment id is known: the document itself is reported.
     let rejected = |list: &Value| -> Option<Value> {
         list.as_array()?.iter().find(|r| r["path"] == path).cloned()
     };
     let in_response = rejected(&response["rejected"]).context(format!("{response:#}"))?;
-    assert!(
-        in_response["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty())
-    );
+    let message = in_response["error"]["message"].as_str().unwrap_or_default();
+    assert!(!message.is_empty(), "{in_response:#}");
     let state = deploy.current_state()?;
     assert!(rejected(&state["rejected"]).is_some(), "{state:#}");
-
-    let status = deploy
-        .status(good.id())?
-        .context("good deployment vanished")?;
-    assert_eq!(status["state"], "DEPLOYMENT_STATE_INSTALLED");
-    assert_eq!(containers(good.id())?[0].id, before[0].id);
-    Ok(())
+    bystander.assert_untouched(&deploy)
 }
 
 #[test]
 fn a_deployment_without_components_fails_naming_the_field() -> Result<()> {
-    let cleanup = Cleanup::new();
     fails_alone(
-        &cleanup,
         |id, desired| desired.deployment(&AppDeployment::new(id, "empty")),
         "components",
     )
@@ -403,9 +383,7 @@ fn a_deployment_without_components_fails_naming_the_field() -> Result<()> {
 
 #[test]
 fn an_unknown_profile_type_fails_naming_it() -> Result<()> {
-    let cleanup = Cleanup::new();
     fails_alone(
-        &cleanup,
         |id, desired| {
             let app = AppDeployment::new(id, "odd")
                 .profile("nomad-job")
@@ -418,9 +396,7 @@ fn an_unknown_profile_type_fails_naming_it() -> Result<()> {
 
 #[test]
 fn a_helm_profile_is_not_supported_on_this_device() -> Result<()> {
-    let cleanup = Cleanup::new();
     fails_alone(
-        &cleanup,
         |id, desired| {
             let app = AppDeployment::new(id, "chart")
                 .profile("helm")
@@ -433,10 +409,8 @@ fn a_helm_profile_is_not_supported_on_this_device() -> Result<()> {
 
 #[test]
 fn an_unsupported_compose_key_fails_naming_it() -> Result<()> {
-    let cleanup = Cleanup::new();
     let image = testapp_image()?;
     fails_alone(
-        &cleanup,
         |id, desired| {
             let compose = format!("services:\n  app:\n    image: {image}\n    privileged: true\n");
             compose_app(id, desired, compose)
@@ -447,10 +421,8 @@ fn an_unsupported_compose_key_fails_naming_it() -> Result<()> {
 
 #[test]
 fn an_image_that_does_not_exist_fails_naming_it() -> Result<()> {
-    let cleanup = Cleanup::new();
-    let missing = format!("woa-tests/does-not-exist:{}", cleanup.deployment_id()?);
+    let missing = format!("woa-tests/does-not-exist:{}", new_deployment_id()?);
     fails_alone(
-        &cleanup,
         |id, desired| {
             compose_app(
                 id,
@@ -464,10 +436,8 @@ fn an_image_that_does_not_exist_fails_naming_it() -> Result<()> {
 
 #[test]
 fn a_parameter_for_an_unknown_component_fails_naming_it() -> Result<()> {
-    let cleanup = Cleanup::new();
     let image = testapp_image()?;
     fails_alone(
-        &cleanup,
         |id, desired| {
             let app = AppDeployment::new(id, "param")
                 .component("app", "apps/param/compose.yaml")
@@ -482,13 +452,11 @@ fn a_parameter_for_an_unknown_component_fails_naming_it() -> Result<()> {
 
 #[test]
 fn an_archive_entry_escaping_the_package_fails_naming_it() -> Result<()> {
-    let cleanup = Cleanup::new();
     let archive = tar_gz(&[
         ("compose.yaml", single(testapp_image()?).as_bytes()),
         ("../escape.txt", b"outside"),
     ])?;
     fails_alone(
-        &cleanup,
         |id, desired| {
             let app =
                 AppDeployment::new(id, "archive").component("app", "apps/evil/package.tar.gz");
@@ -506,7 +474,7 @@ fn images_are_pulled_from_a_registry_with_its_credentials() -> Result<()> {
     let registry = Registry::start()?;
     let image = registry.push(
         testapp_image()?,
-        &format!("woa-tests/app:{}", cleanup.deployment_id()?),
+        &format!("woa-tests/app:{}", new_deployment_id()?),
     )?;
     cleanup.image(&image);
     let deploy = Deploy::start_with(&DeployOptions {
@@ -520,7 +488,7 @@ fn images_are_pulled_from_a_registry_with_its_credentials() -> Result<()> {
             .deployment(&app)
             .artifact("apps/pulled/compose.yaml", single(&image)),
     )?;
-    wait_for(&deploy, app.id(), "r1", "INSTALLED")?;
+    deploy.wait_for(app.id(), "r1", "INSTALLED")?;
     let running = containers(app.id())?;
     assert_eq!(running.len(), 1);
     assert_eq!(running[0].state, "running");
@@ -533,7 +501,7 @@ fn a_wrong_registry_password_fails_naming_the_image() -> Result<()> {
     let registry = Registry::start()?;
     let image = registry.push(
         testapp_image()?,
-        &format!("woa-tests/app:{}", cleanup.deployment_id()?),
+        &format!("woa-tests/app:{}", new_deployment_id()?),
     )?;
     cleanup.image(&image);
     let mut login = registry.login();
@@ -549,8 +517,9 @@ fn a_wrong_registry_password_fails_naming_the_image() -> Result<()> {
             .deployment(&app)
             .artifact("apps/denied/compose.yaml", single(&image)),
     )?;
-    let failure = wait_for(&deploy, app.id(), "r1", "FAILED")?;
-    assert!(error_message(&failure).contains(&image), "{failure:#}");
+    let failure = deploy.wait_for(app.id(), "r1", "FAILED")?;
+    let message = failure["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&image), "{failure:#}");
     assert!(containers(app.id())?.is_empty());
     Ok(())
 }
