@@ -6,9 +6,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 use woa_tests::{
-    AppDeployment, Cleanup, Container, Deploy, DeployOptions, DesiredState, Identity, Registry,
-    containers, http_get, networks, new_deployment_id, remove_container, tar_gz, testapp_image,
-    wait_until,
+    AppDeployment, Cleanup, Container, Deploy, DeployOptions, DesiredState, Identity, Pki,
+    Registry, containers, http_get, networks, new_deployment_id, remove_container, tar_gz,
+    testapp_image, wait_until,
 };
 
 /// Long enough for a slow, busy machine; a passing test takes a few seconds.
@@ -84,6 +84,69 @@ fn serves_health_and_reflection_only_to_clients_with_a_certificate() -> Result<(
         "a client without certificate got {anonymous:?}"
     );
     assert!(!String::from_utf8_lossy(&anonymous.stdout).contains("SERVING"));
+
+    // A certificate that another CA signed is refused just the same.
+    let foreign = Pki::init()?;
+    let cert = foreign.file("operator.pem");
+    let key = foreign.file("operator-key.pem");
+    let flags = [
+        "-cert",
+        cert.to_str().context("path")?,
+        "-key",
+        key.to_str().context("path")?,
+    ];
+    let stranger = deploy.grpcurl_raw(
+        Identity::Anonymous,
+        &flags,
+        &["grpc.health.v1.Health/Check"],
+    )?;
+    assert!(
+        !stranger.status.success(),
+        "a client with a foreign certificate got {stranger:?}"
+    );
+    Ok(())
+}
+
+/// When each container of the deployment last started, by container id.
+fn start_times(deployment_id: &str) -> Result<BTreeMap<String, String>> {
+    containers(deployment_id)?
+        .into_iter()
+        .map(|c| {
+            let out = std::process::Command::new("docker")
+                .args(["inspect", "-f", "{{.State.StartedAt}}", &c.id])
+                .output()?;
+            ensure!(out.status.success(), "docker inspect {}: {out:?}", c.id);
+            Ok((c.id, String::from_utf8_lossy(&out.stdout).trim().to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn re_applying_the_revision_and_restarting_the_service_touch_no_running_container() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let mut deploy = Deploy::start_with(&DeployOptions {
+        resync_interval: Some("1s".into()),
+        ..Default::default()
+    })?;
+    let app = AppDeployment::new(&cleanup.deployment_id()?, "steady")
+        .component("app", "apps/steady/compose.yaml")
+        .parameter("GREETING", "steady", &["app"]);
+    let desired = DesiredState::new("r1").deployment(&app).artifact(
+        "apps/steady/compose.yaml",
+        web_and_backend(testapp_image()?),
+    );
+    deploy.apply(&desired)?;
+    deploy.wait_for(app.id(), "r1", "INSTALLED")?;
+    let before = start_times(app.id())?;
+
+    let again = deploy.apply(&desired)?;
+    assert_ne!(again["changed"], json!(true), "{again:#}");
+
+    deploy.restart()?;
+    deploy.wait_for(app.id(), "r1", "INSTALLED")?;
+    // Several resync passes of the restarted service.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(start_times(app.id())?, before);
     Ok(())
 }
 
