@@ -319,19 +319,10 @@ impl<R: ContainerRuntime> Agent<R> {
                 last.manifest_json = manifest_json(last, DeploymentState::Removed);
             }
         }
-        let rejected = desired
-            .rejected
-            .iter()
-            .map(|r| pb::DocumentError {
-                path: r.path.clone(),
-                deployment_id: String::new(),
-                error: Some(pb_error(&r.error)),
-            })
-            .collect();
         let state = pb::CurrentState {
             revision: desired.revision.clone(),
             deployments,
-            rejected,
+            rejected: rejected_documents(desired),
         };
         self.current.send_if_modified(|current| {
             let changed = *current != state;
@@ -354,16 +345,20 @@ fn rand_jitter(max: u64) -> u64 {
     RandomState::new().hash_one(std::time::SystemTime::now()) % max.max(1)
 }
 
-fn response(d: &DesiredState, changed: bool) -> pb::ApplyDesiredStateResponse {
-    let mut rejected: Vec<pb::DocumentError> = d
-        .rejected
+/// Documents of `d` that could not name a deployment.
+fn rejected_documents(d: &DesiredState) -> Vec<pb::DocumentError> {
+    d.rejected
         .iter()
         .map(|r| pb::DocumentError {
             path: r.path.clone(),
             deployment_id: String::new(),
             error: Some(pb_error(&r.error)),
         })
-        .collect();
+        .collect()
+}
+
+fn response(d: &DesiredState, changed: bool) -> pb::ApplyDesiredStateResponse {
+    let mut rejected = rejected_documents(d);
     rejected.extend(d.deployments.iter().filter_map(|dep| {
         Some(pb::DocumentError {
             path: dep.path.clone(),
