@@ -2,7 +2,9 @@
 //! publishes the current state. `reconcile_once` observes, plans and applies; `run` only
 //! schedules passes (on apply, on the resync timer, with backoff after engine errors).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use futures_util::future::join_all;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +17,7 @@ use woa_proto::v1 as pb;
 
 use crate::desired::{self, DesiredState, status_error};
 use crate::package::PackageFetcher;
-use crate::plan::{self, Step};
+use crate::plan::{self, Awaited, Step};
 use crate::runtime::{ContainerRuntime, Observed, ObservedContainer, Owner};
 use crate::spec::Condition;
 use crate::{Error, Result};
@@ -153,16 +155,38 @@ impl<R: ContainerRuntime> Agent<R> {
             self.publish(&desired, &observed).await;
         }
         let mut failed: HashMap<Owner, StatusError> = HashMap::new();
-        for step in steps {
+        let mut steps = steps.into_iter().peekable();
+        while let Some(step) = steps.next() {
             let owner = step.owner().cloned();
             // Later steps of a failed component would fail the same way.
             if owner.as_ref().is_some_and(|o| failed.contains_key(o)) {
                 continue;
             }
-            if let Err(e) = self.execute(&step).await {
+            // The containers of a component start together; each waits for the conditions of
+            // its own dependencies, so independent services do not wait for each other.
+            let mut batch = vec![step];
+            if batch[0].container().is_some() {
+                while let Some(next) =
+                    steps.next_if(|s| s.container().is_some() && s.owner() == owner.as_ref())
+                {
+                    batch.push(next);
+                }
+            }
+            let broken = std::sync::Mutex::new(BTreeSet::new());
+            let results = join_all(batch.iter().map(|step| async {
+                let result = self.execute(step, &broken).await;
+                if let (Err(_), Some(name), Ok(mut broken)) =
+                    (&result, step.container(), broken.lock())
+                {
+                    broken.insert(name.to_string());
+                }
+                result
+            }))
+            .await;
+            for e in results.into_iter().filter_map(Result::err) {
                 tracing::warn!(error = %e, ?owner, "step failed");
-                if let Some(o) = owner {
-                    failed.insert(o, status_error(&e));
+                if let Some(o) = &owner {
+                    failed.entry(o.clone()).or_insert_with(|| status_error(&e));
                 }
             }
         }
@@ -178,7 +202,13 @@ impl<R: ContainerRuntime> Agent<R> {
         Ok(())
     }
 
-    async fn execute(&self, step: &Step) -> Result<()> {
+    /// Runs one step; `broken` names containers of the same batch that failed, so whatever
+    /// waits for them gives up at once.
+    async fn execute(
+        &self,
+        step: &Step,
+        broken: &std::sync::Mutex<BTreeSet<String>>,
+    ) -> Result<()> {
         match step {
             Step::RemoveContainer { id, name } => {
                 tracing::info!(container = %name, "removing container");
@@ -203,7 +233,7 @@ impl<R: ContainerRuntime> Agent<R> {
             } => {
                 // Pull before anything is stopped, so a failed pull leaves the old one running.
                 self.runtime.ensure_image(&plan.service.image).await?;
-                self.wait_for(after).await?;
+                self.wait_for(after, broken).await?;
                 if let Some(old) = replaces {
                     self.runtime.remove_container(old).await?;
                 }
@@ -214,25 +244,33 @@ impl<R: ContainerRuntime> Agent<R> {
             Step::Start {
                 id, name, after, ..
             } => {
-                self.wait_for(after).await?;
+                self.wait_for(after, broken).await?;
                 tracing::info!(container = %name, "starting container again");
                 self.runtime.start_container(id).await
             }
         }
     }
 
-    /// Waits until every named container reaches its condition.
-    async fn wait_for(&self, after: &[(String, Condition)]) -> Result<()> {
-        if after.is_empty() {
-            return Ok(());
-        }
+    /// Waits until every awaited container is up to date and reaches its condition.
+    async fn wait_for(
+        &self,
+        after: &[Awaited],
+        broken: &std::sync::Mutex<BTreeSet<String>>,
+    ) -> Result<()> {
         let deadline = tokio::time::Instant::now() + DEFAULT_READY_TIMEOUT;
-        loop {
-            let observed = self.runtime.observe().await?;
-            let mut waiting = None;
-            for (name, condition) in after {
-                let c = observed.containers.iter().find(|c| &c.name == name);
-                let ok = match (c, condition) {
+        for awaited in after {
+            loop {
+                let name = &awaited.name;
+                let failed = |message: String| Error::NotReady {
+                    component: name.clone(),
+                    message,
+                };
+                if broken.lock().map(|b| b.contains(name)).unwrap_or(false) {
+                    return Err(failed(format!("dependency {name} could not be started")));
+                }
+                let c = self.runtime.container(name).await?;
+                let c = c.filter(|c| c.spec_hash == awaited.spec_hash);
+                let ready = match (&c, awaited.condition) {
                     (Some(c), Condition::Started) => c.state == "running" || c.state == "exited",
                     (Some(c), Condition::Healthy) => c.is_ready(),
                     (Some(c), Condition::CompletedSuccessfully) => {
@@ -240,27 +278,24 @@ impl<R: ContainerRuntime> Agent<R> {
                     }
                     (None, _) => false,
                 };
+                if ready {
+                    break;
+                }
                 if let Some(c) = c.filter(|c| c.state == "exited" && c.exit_code != 0) {
-                    return Err(Error::NotReady {
-                        component: c.owner.component.clone(),
-                        message: format!("dependency {name} exited with code {}", c.exit_code),
-                    });
+                    return Err(failed(format!(
+                        "dependency {name} exited with code {}",
+                        c.exit_code
+                    )));
                 }
-                if !ok {
-                    waiting = Some(name);
-                }
-            }
-            let Some(name) = waiting else { return Ok(()) };
-            if tokio::time::Instant::now() > deadline {
-                return Err(Error::NotReady {
-                    component: name.clone(),
-                    message: format!(
+                if tokio::time::Instant::now() > deadline {
+                    return Err(failed(format!(
                         "{name} did not become ready within {DEFAULT_READY_TIMEOUT:?}"
-                    ),
-                });
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        Ok(())
     }
 
     /// Computes the current state from the desired state and what the engine runs, and sends

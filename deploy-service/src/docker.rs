@@ -70,21 +70,26 @@ impl DockerRuntime {
         }))
     }
 
-    async fn inspect(
-        &self,
-        id: &str,
-        owner: Owner,
-        labels: &HashMap<String, String>,
-    ) -> Result<ObservedContainer> {
-        let c = self
-            .docker
-            .inspect_container(id, None)
-            .await
-            .map_err(|e| engine(&format!("inspecting container {id}"), e))?;
+    /// The container `id` as the agent sees it; `None` when it is gone or not this agent's.
+    async fn inspect(&self, id: &str) -> Result<Option<ObservedContainer>> {
+        let c = match self.docker.inspect_container(id, None).await {
+            Ok(c) => c,
+            // Removed behind our back, or between listing and inspecting: simply gone.
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(engine(&format!("inspecting container {id}"), e)),
+        };
+        let config = c.config.unwrap_or_default();
+        let labels = config.labels.unwrap_or_default();
+        if labels.get(LABEL_AGENT) != Some(&self.instance) {
+            return Ok(None);
+        }
+        let Some(owner) = owner_of(&labels) else {
+            return Ok(None);
+        };
         let state = c.state.unwrap_or_default();
         let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
-        Ok(ObservedContainer {
-            id: id.to_string(),
+        Ok(Some(ObservedContainer {
+            id: c.id.unwrap_or_default(),
             name: c
                 .name
                 .unwrap_or_default()
@@ -93,7 +98,7 @@ impl DockerRuntime {
             owner,
             service: label(LABEL_SERVICE),
             spec_hash: label(LABEL_SPEC_HASH),
-            image: c.config.and_then(|c| c.image).unwrap_or_default(),
+            image: config.image.unwrap_or_default(),
             state: state.status.map(|s| s.to_string()).unwrap_or_default(),
             health: state
                 .health
@@ -103,7 +108,7 @@ impl DockerRuntime {
                 .unwrap_or_default(),
             restart_count: c.restart_count.unwrap_or(0).try_into().unwrap_or(u32::MAX),
             exit_code: state.exit_code.unwrap_or(0),
-        })
+        }))
     }
 }
 
@@ -177,17 +182,8 @@ impl ContainerRuntime for DockerRuntime {
             .await
             .map_err(|e| engine("listing containers", e))?;
         let mut containers = Vec::with_capacity(list.len());
-        for summary in list {
-            let labels = summary.labels.unwrap_or_default();
-            let (Some(id), Some(owner)) = (summary.id, owner_of(&labels)) else {
-                continue;
-            };
-            match self.inspect(&id, owner, &labels).await {
-                Ok(c) => containers.push(c),
-                // Removed between listing and inspecting: it is simply gone.
-                Err(Error::Runtime { message, .. }) if message.contains("No such container") => {}
-                Err(e) => return Err(e),
-            }
+        for id in list.into_iter().filter_map(|c| c.id) {
+            containers.extend(self.inspect(&id).await?);
         }
         let networks = self
             .docker
@@ -227,6 +223,10 @@ impl ContainerRuntime for DockerRuntime {
             networks,
             volumes,
         })
+    }
+
+    async fn container(&self, name: &str) -> Result<Option<ObservedContainer>> {
+        self.inspect(name).await
     }
 
     async fn ensure_image(&self, image: &str) -> Result<()> {

@@ -8,6 +8,17 @@ use crate::desired::{Component, Deployment};
 use crate::runtime::{ContainerPlan, Observed, Owner};
 use crate::spec::Condition;
 
+/// A container another one waits for before it starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Awaited {
+    /// Engine name of the container.
+    pub name: String,
+    /// What it must reach.
+    pub condition: Condition,
+    /// Its desired spec hash: an outdated container of that name does not count.
+    pub spec_hash: String,
+}
+
 /// One thing to do on the engine, in the order given.
 #[derive(Debug, Clone)]
 pub enum Step {
@@ -47,7 +58,7 @@ pub enum Step {
         /// The outdated container it replaces.
         replaces: Option<String>,
         /// Containers (engine names) that must reach a condition first.
-        after: Vec<(String, Condition)>,
+        after: Vec<Awaited>,
     },
     /// Start an up-to-date container that is not running (drift).
     Start {
@@ -58,11 +69,20 @@ pub enum Step {
         /// Owning component.
         owner: Owner,
         /// Containers (engine names) that must reach a condition first.
-        after: Vec<(String, Condition)>,
+        after: Vec<Awaited>,
     },
 }
 
 impl Step {
+    /// The container a create or start step is about.
+    pub fn container(&self) -> Option<&str> {
+        match self {
+            Step::Create { plan, .. } => Some(&plan.name),
+            Step::Start { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
     /// The component the step applies to, when it belongs to a desired one.
     pub fn owner(&self) -> Option<&Owner> {
         match self {
@@ -211,12 +231,25 @@ pub fn plan(desired: &[Deployment], observed: &Observed, remove_volumes: bool) -
                 }
                 wanted_volumes.insert(name);
             }
-            for plan in container_plans(d, c) {
+            let plans = container_plans(d, c);
+            let hashes: BTreeMap<String, String> = plans
+                .iter()
+                .map(|p| (p.name.clone(), p.spec_hash.clone()))
+                .collect();
+            for plan in plans {
                 let after = plan
                     .service
                     .depends_on
                     .iter()
-                    .map(|dep| (engine_name(&owner, &dep.service), dep.condition))
+                    .map(|dep| {
+                        let name = engine_name(&owner, &dep.service);
+                        let spec_hash = hashes.get(&name).cloned().unwrap_or_default();
+                        Awaited {
+                            name,
+                            condition: dep.condition,
+                            spec_hash,
+                        }
+                    })
                     .collect();
                 let current = observed.containers.iter().find(|o| o.name == plan.name);
                 wanted_containers.insert(plan.name.clone());

@@ -115,6 +115,11 @@ pub struct EngineFacts {
 pub trait ContainerRuntime: Send + Sync + 'static {
     /// Lists every object carrying the agent's labels.
     fn observe(&self) -> impl Future<Output = Result<Observed>> + Send;
+    /// The managed container named `name`, if it exists.
+    fn container(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<ObservedContainer>>> + Send;
     /// Makes sure `image` is present, pulling it when missing.
     fn ensure_image(&self, image: &str) -> impl Future<Output = Result<()>> + Send;
     /// Creates a network of the component under `name`.
