@@ -48,15 +48,16 @@ pub struct Agent<R> {
     removed: Mutex<BTreeMap<String, String>>,
     wake: Notify,
     current: watch::Sender<pb::CurrentState>,
-    /// One apply or reconcile at a time.
+    /// One reconcile pass at a time.
     pass: Mutex<()>,
 }
 
 impl<R: ContainerRuntime> Agent<R> {
     /// Loads the stored desired state (if any) and sets the agent up.
     pub fn new(runtime: R, fetcher: PackageFetcher, settings: AgentSettings) -> Result<Arc<Self>> {
-        let desired =
-            store::load_json(&settings.state_dir.join("desired.json"))?.unwrap_or_default();
+        let desired = store::load_json(&settings.state_dir.join("desired.json"))
+            .map_err(|e| Error::Setup(format!("loading desired state: {e}")))?
+            .unwrap_or_default();
         Ok(Arc::new(Self {
             runtime,
             fetcher,
@@ -82,7 +83,13 @@ impl<R: ContainerRuntime> Agent<R> {
         req: pb::ApplyDesiredStateRequest,
     ) -> Result<pb::ApplyDesiredStateResponse> {
         let mut desired = self.desired.lock().await;
-        if !desired.revision.is_empty() && desired.revision == req.revision {
+        // The same revision again changes nothing, unless a download failed: that is worth
+        // another try, as the package server may be back.
+        let fetch_failed = desired
+            .deployments
+            .iter()
+            .any(|d| d.error.as_ref().is_some_and(|e| e.code == "ERR_PACKAGE"));
+        if !desired.revision.is_empty() && desired.revision == req.revision && !fetch_failed {
             return Ok(response(&desired, false));
         }
         let documents: Vec<(String, Vec<u8>)> = req
@@ -100,7 +107,8 @@ impl<R: ContainerRuntime> Agent<R> {
             &self.settings.state_dir.join("packages"),
         )
         .await;
-        store::save_json(&self.settings.state_dir.join("desired.json"), &next)?;
+        store::save_json(&self.settings.state_dir.join("desired.json"), &next)
+            .map_err(|e| Error::Setup(format!("storing desired state: {e}")))?;
         tracing::info!(revision = %next.revision, deployments = next.deployments.len(), rejected = next.rejected.len(), "desired state stored");
         *desired = next;
         let response = response(&desired, true);
@@ -146,6 +154,13 @@ impl<R: ContainerRuntime> Agent<R> {
         let desired = self.desired.lock().await.clone();
         tracing::Span::current().record("revision", desired.revision.as_str());
         let observed = self.runtime.observe().await?;
+        if desired.revision.is_empty() {
+            // Never told what to run (first start, or the state directory was lost): removing
+            // everything labelled ours would take the device's apps down before the sync
+            // service had a chance to say what it wants.
+            self.publish(&desired, &observed).await;
+            return Ok(());
+        }
         let steps = plan::plan(
             &desired.deployments,
             &observed,
@@ -450,6 +465,20 @@ fn deployment_status(
                                 "ERR_UNHEALTHY",
                                 &p.name,
                                 format!("container {} is unhealthy", p.name),
+                            )
+                        });
+                    } else if up_to_date
+                        && (o.state == "restarting" || (o.state == "exited" && o.exit_code != 0))
+                    {
+                        state = DeploymentState::Failed;
+                        error.get_or_insert_with(|| {
+                            StatusError::new(
+                                "ERR_CONTAINER_EXITED",
+                                &p.name,
+                                format!(
+                                    "container {} exited with code {} (restarted {} times)",
+                                    p.name, o.exit_code, o.restart_count
+                                ),
                             )
                         });
                     } else if !up_to_date || !(o.is_ready() || completed) {

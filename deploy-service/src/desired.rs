@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use woa_common::margo::{self, Package as MargoPackage, Profile, StatusError};
 
 use crate::package::PackageFetcher;
-use crate::spec::Project;
+use crate::spec::{BindSource, Project};
 use crate::{Error, Result, compose};
 
 /// The desired state of the device at one revision.
@@ -51,6 +51,10 @@ pub struct Component {
     pub project: Project,
     /// Where the package's files are on the host (relative bind mounts resolve here).
     pub package_dir: PathBuf,
+    /// Per service, a digest of the package files it bind-mounts: a container is recreated when
+    /// what it mounts changes, not when any other file of the package does.
+    #[serde(default)]
+    pub bind_digests: BTreeMap<String, String>,
 }
 
 /// A document rejected before it named a deployment.
@@ -89,6 +93,14 @@ pub async fn resolve(
         };
         let Some(id) = id else {
             let error = parsed.err().map(|e| status_error(&e)).unwrap_or_default();
+            // The document was too broken to name its deployment: the one that came from the
+            // same file keeps running, failed with this error.
+            if let Some(d) = previous.deployments.iter().find(|d| &d.path == path)
+                && seen.insert(d.id.clone())
+            {
+                let error = Some(error.clone());
+                state.deployments.push(Deployment { error, ..d.clone() });
+            }
             state.rejected.push(Rejected {
                 path: path.clone(),
                 error,
@@ -189,7 +201,9 @@ async fn resolve_deployment(
         let vars = variables.remove(c.name.as_str()).unwrap_or_default();
         let project = compose::load(&package.compose_file, &compose_yaml, &vars, &package.files)?;
         let package_dir = store_package(packages_dir, &package.files)?;
+        let bind_digests = bind_digests(&project, &package.files);
         components.push(Component {
+            bind_digests,
             name: c.name.clone(),
             project,
             package_dir,
@@ -198,9 +212,38 @@ async fn resolve_deployment(
     Ok(components)
 }
 
-/// Writes the package's files under a directory named by their content hash, so a changed file
-/// gives a new directory (and so a new spec hash for containers that bind it).
-fn store_package(packages_dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> Result<PathBuf> {
+/// For each service that bind-mounts package files, a digest of those files.
+fn bind_digests(project: &Project, files: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, String> {
+    let mut digests = BTreeMap::new();
+    for service in &project.services {
+        let sources: Vec<&str> = service
+            .mounts
+            .iter()
+            .filter_map(|m| match m {
+                crate::spec::Mount::Bind {
+                    source: BindSource::Package(p),
+                    ..
+                } => Some(p.as_str()),
+                _ => None,
+            })
+            .collect();
+        if sources.is_empty() {
+            continue;
+        }
+        let bound = files.iter().filter(|(name, _)| {
+            sources.iter().any(|s| {
+                *s == "."
+                    || name.as_str() == *s
+                    || name.strip_prefix(s).is_some_and(|r| r.starts_with('/'))
+            })
+        });
+        digests.insert(service.name.clone(), digest(bound));
+    }
+    digests
+}
+
+/// A digest of named files.
+fn digest<'a>(files: impl IntoIterator<Item = (&'a String, &'a Vec<u8>)>) -> String {
     let mut hasher = Sha256::new();
     for (name, bytes) in files {
         hasher.update((name.len() as u64).to_le_bytes());
@@ -208,23 +251,37 @@ fn store_package(packages_dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> Resu
         hasher.update((bytes.len() as u64).to_le_bytes());
         hasher.update(bytes);
     }
-    let dir = packages_dir.join(hex::encode(&hasher.finalize()[..12]));
+    hex::encode(&hasher.finalize()[..12])
+}
+
+/// Writes the package's files under a directory named by their content hash, so a changed file
+/// gives a new directory (and so a new spec hash for containers that bind it).
+fn store_package(packages_dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> Result<PathBuf> {
+    let dir = packages_dir.join(digest(files));
     if dir.is_dir() {
         return Ok(dir);
     }
     let tmp = packages_dir.join(format!(".tmp-{}", std::process::id()));
+    // Written in full and flushed before the rename: the directory name promises its content.
     let write = || -> std::io::Result<()> {
         let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)?;
         for (name, bytes) in files {
             let path = tmp.join(name);
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            std::fs::write(path, bytes)?;
+            let mut file = std::fs::File::create(&path)?;
+            std::io::Write::write_all(&mut file, bytes)?;
+            file.sync_all()?;
         }
-        std::fs::create_dir_all(&tmp)?;
-        std::fs::rename(&tmp, &dir)
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &dir)?;
+        std::fs::File::open(packages_dir)?.sync_all()
     };
-    write().map_err(|e| Error::Setup(format!("storing package in {}: {e}", dir.display())))?;
+    write().map_err(|e| {
+        let _ = std::fs::remove_dir_all(&tmp);
+        Error::Setup(format!("storing package in {}: {e}", dir.display()))
+    })?;
     Ok(dir)
 }

@@ -11,7 +11,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, ListContainersOptions, ListNetworksOptions,
-    ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions,
+    ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions, StopContainerOptions,
 };
 use futures_util::TryStreamExt;
 
@@ -160,6 +160,29 @@ fn managed_filter(instance: &str) -> Option<HashMap<String, Vec<String>>> {
     )]))
 }
 
+/// Seconds a container gets between SIGTERM and SIGKILL when it is removed.
+const STOP_GRACE_SECS: i32 = 10;
+
+/// `image` with `:latest` when it names neither a tag nor a digest.
+fn with_tag(image: &str) -> String {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if image.contains('@') || last.contains(':') {
+        image.to_string()
+    } else {
+        format!("{image}:latest")
+    }
+}
+
+fn is_not_modified(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 304,
+            ..
+        }
+    )
+}
+
 fn is_not_found(e: &bollard::errors::Error) -> bool {
     matches!(
         e,
@@ -230,6 +253,8 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn ensure_image(&self, image: &str) -> Result<()> {
+        // Without a tag the engine would pull every tag of the repository.
+        let image = &with_tag(image);
         if self.docker.inspect_image(image).await.is_ok() {
             return Ok(());
         }
@@ -302,10 +327,11 @@ impl ContainerRuntime for DockerRuntime {
                 container: id.clone(),
                 endpoint_config: Some(endpoint),
             };
-            self.docker
-                .connect_network(&network, request)
-                .await
-                .map_err(|e| engine(&format!("connecting {} to {network}", plan.name), e))?;
+            if let Err(e) = self.docker.connect_network(&network, request).await {
+                // A half-made container would look up to date to the next pass: remove it.
+                let _ = self.remove_container(&id).await;
+                return Err(engine(&format!("connecting {} to {network}", plan.name), e));
+            }
         }
         Ok(id)
     }
@@ -318,6 +344,17 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn remove_container(&self, id: &str) -> Result<()> {
+        // SIGTERM and a grace period first, as `docker stop` does, so apps can shut down cleanly.
+        let stop = StopContainerOptions {
+            t: Some(STOP_GRACE_SECS),
+            ..Default::default()
+        };
+        match self.docker.stop_container(id, Some(stop)).await {
+            Err(e) if !is_not_found(&e) && !is_not_modified(&e) => {
+                tracing::debug!(container = %id, error = %e, "stop before removal failed");
+            }
+            _ => {}
+        }
         let options = RemoveContainerOptions {
             force: true,
             ..Default::default()
@@ -504,7 +541,15 @@ fn container_body(
 
 #[cfg(test)]
 mod tests {
-    use super::registry_of;
+    use super::{registry_of, with_tag};
+
+    #[test]
+    fn untagged_images_get_latest_and_tags_or_digests_are_kept() {
+        assert_eq!(with_tag("nginx"), "nginx:latest");
+        assert_eq!(with_tag("127.0.0.1:5000/app"), "127.0.0.1:5000/app:latest");
+        assert_eq!(with_tag("127.0.0.1:5000/app:2"), "127.0.0.1:5000/app:2");
+        assert_eq!(with_tag("app@sha256:abc"), "app@sha256:abc");
+    }
 
     #[test]
     fn registry_is_the_first_component_only_when_it_looks_like_a_host() {

@@ -24,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 pub use config::Config;
 pub use error::{Error, Result};
 
+/// How long shutdown waits for a reconcile pass to finish.
+const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Builds the service from `config` (connect to the engine, bind the port) and runs it until
 /// `cancel`.
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
@@ -43,7 +46,13 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         .serve(agent, config.device.clone(), cancel.clone())
         .await;
     cancel.cancel();
-    let _ = reconciler.await;
+    // A pass may be in the middle of a long pull; passes are crash-safe, so stop waiting.
+    if tokio::time::timeout(SHUTDOWN_DRAIN, reconciler)
+        .await
+        .is_err()
+    {
+        tracing::warn!("reconcile pass still running at shutdown; abandoned");
+    }
     served
 }
 

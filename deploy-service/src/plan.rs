@@ -149,20 +149,24 @@ pub fn container_plans(d: &Deployment, c: &Component) -> Vec<ContainerPlan> {
                 volumes: volumes.clone(),
                 package_dir: c.package_dir.clone(),
             };
-            plan.spec_hash = spec_hash(&plan);
+            let binds = c.bind_digests.get(&service.name).map(String::as_str);
+            plan.spec_hash = spec_hash(&plan, binds.unwrap_or_default());
             plan
         })
         .collect()
 }
 
 /// Hash of everything that defines a container: when it changes, the container is recreated.
-fn spec_hash(plan: &ContainerPlan) -> String {
+/// The package directory itself is left out (it changes with any file of the package); the
+/// digest of the files the service bind-mounts stands for it. A container whose mounted files
+/// did not change keeps binding the older, identical directory.
+fn spec_hash(plan: &ContainerPlan, bind_digest: &str) -> String {
     let mut h = Sha256::new();
     h.update(serde_json::to_vec(&plan.service).unwrap_or_default());
     for map in [&plan.networks, &plan.volumes] {
         h.update(serde_json::to_vec(map).unwrap_or_default());
     }
-    h.update(plan.package_dir.to_string_lossy().as_bytes());
+    h.update(bind_digest.as_bytes());
     hex::encode(&h.finalize()[..16])
 }
 
@@ -257,7 +261,12 @@ pub fn plan(desired: &[Deployment], observed: &Observed, remove_volumes: bool) -
                     Some(o) if o.spec_hash == plan.spec_hash => {
                         let settled = matches!(o.state.as_str(), "running" | "restarting")
                             || (o.state == "exited"
-                                && plan.service.restart.as_deref().is_none_or(|r| r == "no")
+                                // The engine does not restart these after a clean exit either.
+                                && plan
+                                    .service
+                                    .restart
+                                    .as_deref()
+                                    .is_none_or(|r| r == "no" || r.starts_with("on-failure"))
                                 && o.exit_code == 0);
                         if !settled {
                             work.push(Step::Start {
@@ -344,6 +353,7 @@ mod tests {
                     volumes: vec![],
                 },
                 package_dir: "/p".into(),
+                bind_digests: Default::default(),
             }],
             component_names: vec!["c".into()],
             error: None,
@@ -468,12 +478,23 @@ mod tests {
     }
 
     #[test]
-    fn spec_hash_depends_on_package_contents_location() {
+    fn spec_hash_follows_the_mounted_files_not_the_package_directory() {
         let d = deployment("backend:1");
-        let mut e = d.clone();
-        e.components[0].package_dir = "/q".into();
-        let a = container_plans(&d, &d.components[0]);
-        let b = container_plans(&e, &e.components[0]);
-        assert_ne!(a[0].spec_hash, b[0].spec_hash);
+        let mut moved = d.clone();
+        moved.components[0].package_dir = "/q".into();
+        let mut remounted = d.clone();
+        remounted.components[0]
+            .bind_digests
+            .insert("web".into(), "new".into());
+        let hashes = |d: &Deployment| -> Vec<String> {
+            container_plans(d, &d.components[0])
+                .into_iter()
+                .map(|p| p.spec_hash)
+                .collect()
+        };
+        assert_eq!(hashes(&d), hashes(&moved));
+        let (before, after) = (hashes(&d), hashes(&remounted));
+        assert_eq!(before[0], after[0], "backend mounts nothing");
+        assert_ne!(before[1], after[1], "web's mounted files changed");
     }
 }

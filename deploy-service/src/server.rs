@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::Stream;
-use tokio_stream::StreamExt;
+use futures_util::StreamExt;
 use tokio_stream::wrappers::{TcpListenerStream, WatchStream};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -23,6 +23,8 @@ use crate::{Error, Result};
 pub struct Api<R> {
     agent: Arc<Agent<R>>,
     device: DeviceOverrides,
+    /// Ends open watch streams at shutdown, which graceful shutdown waits for.
+    cancel: CancellationToken,
 }
 
 /// Maps agent errors to gRPC codes. Internals stay in the log; clients get the message that
@@ -76,7 +78,9 @@ impl<R: ContainerRuntime> DeploymentService for Api<R> {
         &self,
         _: Request<pb::WatchCurrentStateRequest>,
     ) -> Result<Response<StateStream>, Status> {
-        let stream = WatchStream::new(self.agent.watch()).map(Ok);
+        let stream = WatchStream::new(self.agent.watch())
+            .map(Ok)
+            .take_until(self.cancel.clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -141,7 +145,11 @@ impl Bound {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .map_err(|e| Error::Setup(format!("reflection: {e}")))?;
-        let api = DeploymentServiceServer::new(Api { agent, device });
+        let api = DeploymentServiceServer::new(Api {
+            agent,
+            device,
+            cancel: cancel.clone(),
+        });
         let shutdown = {
             let cancel = cancel.clone();
             async move {

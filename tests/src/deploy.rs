@@ -86,6 +86,11 @@ impl Deploy {
         &self.pki
     }
 
+    /// The service's state directory.
+    pub fn state_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("state")
+    }
+
     /// Everything the service logged so far (all runs).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()

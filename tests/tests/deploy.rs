@@ -586,3 +586,62 @@ fn a_wrong_registry_password_fails_naming_the_image() -> Result<()> {
     assert!(containers(app.id())?.is_empty());
     Ok(())
 }
+
+#[test]
+fn a_lost_state_directory_removes_nothing_that_runs() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let mut deploy = Deploy::start_with(&DeployOptions {
+        resync_interval: Some("1s".into()),
+        ..Default::default()
+    })?;
+    let app = AppDeployment::new(&cleanup.deployment_id()?, "kept")
+        .component("app", "apps/kept/compose.yaml");
+    deploy.apply(
+        &DesiredState::new("r1")
+            .deployment(&app)
+            .artifact("apps/kept/compose.yaml", single(testapp_image()?)),
+    )?;
+    deploy.wait_for(app.id(), "r1", "INSTALLED")?;
+    let before = start_times(app.id())?;
+
+    deploy.kill9()?;
+    std::fs::remove_dir_all(deploy.state_dir())?;
+    deploy.restart()?;
+    // Several resync passes with no desired state at all.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(start_times(app.id())?, before, "{}", deploy.log());
+    Ok(())
+}
+
+#[test]
+fn a_file_too_broken_to_name_its_deployment_keeps_that_deployment_running() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let deploy = Deploy::start()?;
+    let app = AppDeployment::new(&cleanup.deployment_id()?, "sturdy")
+        .component("app", "apps/sturdy/compose.yaml");
+    let path = "deployments/sturdy.yaml";
+    let compose = single(testapp_image()?);
+    deploy.apply(
+        &DesiredState::new("r1")
+            .document(path, app.to_yaml())
+            .artifact("apps/sturdy/compose.yaml", compose.clone()),
+    )?;
+    deploy.wait_for(app.id(), "r1", "INSTALLED")?;
+    let before = start_times(app.id())?;
+
+    deploy.apply(
+        &DesiredState::new("r2")
+            .document(path, "metadata: [unclosed\n  annotations: {id: lost")
+            .artifact("apps/sturdy/compose.yaml", compose),
+    )?;
+    let status = deploy.wait_for(app.id(), "r2", "FAILED")?;
+    assert!(
+        status["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(path)),
+        "{status:#}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(start_times(app.id())?, before);
+    Ok(())
+}
