@@ -153,7 +153,13 @@ impl<R: ContainerRuntime> Agent<R> {
         let started = std::time::Instant::now();
         let desired = self.desired.lock().await.clone();
         tracing::Span::current().record("revision", desired.revision.as_str());
-        let observed = self.runtime.observe().await?;
+        let observed = match self.runtime.observe().await {
+            Ok(observed) => observed,
+            Err(e) => {
+                self.report_unreachable(&desired, &e).await;
+                return Err(e);
+            }
+        };
         if desired.revision.is_empty() {
             // Never told what to run (first start, or the state directory was lost): removing
             // everything labelled ours would take the device's apps down before the sync
@@ -311,6 +317,24 @@ impl<R: ContainerRuntime> Agent<R> {
             }
         }
         Ok(())
+    }
+
+    /// The engine cannot be read: every component is reported failed with the reason, rather
+    /// than leaving watchers with a stale "installed".
+    async fn report_unreachable(&self, desired: &DesiredState, e: &Error) {
+        let error = status_error(e);
+        *self.errors.lock().await = desired
+            .deployments
+            .iter()
+            .flat_map(|d| {
+                d.components.iter().map(|c| Owner {
+                    deployment: d.id.clone(),
+                    component: c.name.clone(),
+                })
+            })
+            .map(|owner| (owner, error.clone()))
+            .collect();
+        self.publish(desired, &Observed::default()).await;
     }
 
     /// Computes the current state from the desired state and what the engine runs, and sends
@@ -643,5 +667,99 @@ fn margo_state(s: pb::DeploymentState) -> DeploymentState {
         pb::DeploymentState::Failed => DeploymentState::Failed,
         pb::DeploymentState::Removing => DeploymentState::Removing,
         pb::DeploymentState::Removed => DeploymentState::Removed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::package::PackageConfig;
+    use crate::runtime::{ContainerPlan, EngineFacts};
+    use crate::spec::{Network, Volume};
+
+    /// An engine that cannot be reached.
+    struct Unreachable;
+
+    fn down<T>() -> Result<T> {
+        Err(Error::Runtime {
+            operation: "listing containers".into(),
+            message: "engine down".into(),
+        })
+    }
+
+    impl ContainerRuntime for Unreachable {
+        async fn observe(&self) -> Result<Observed> {
+            down()
+        }
+        async fn container(&self, _: &str) -> Result<Option<ObservedContainer>> {
+            down()
+        }
+        async fn ensure_image(&self, _: &str) -> Result<()> {
+            down()
+        }
+        async fn create_network(&self, _: &str, _: &Owner, _: &Network) -> Result<()> {
+            down()
+        }
+        async fn create_volume(&self, _: &str, _: &Owner, _: &Volume) -> Result<()> {
+            down()
+        }
+        async fn create_container(&self, _: &ContainerPlan) -> Result<String> {
+            down()
+        }
+        async fn start_container(&self, _: &str) -> Result<()> {
+            down()
+        }
+        async fn remove_container(&self, _: &str) -> Result<()> {
+            down()
+        }
+        async fn remove_network(&self, _: &str) -> Result<()> {
+            down()
+        }
+        async fn remove_volume(&self, _: &str) -> Result<()> {
+            down()
+        }
+        async fn facts(&self) -> Result<EngineFacts> {
+            down()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_engine_fails_every_component_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = AgentSettings {
+            state_dir: dir.path().into(),
+            resync_interval: Duration::from_secs(30),
+            remove_volumes: false,
+        };
+        let fetcher = PackageFetcher::new(&PackageConfig::default()).unwrap();
+        let agent = Agent::new(Unreachable, fetcher, settings).unwrap();
+        let doc = "apiVersion: application.margo.org/v1alpha1\nkind: ApplicationDeployment\n\
+            id: 5f0c2d7e-1111-4a6b-9c1e-123456789abc\nspec:\n  deploymentProfile:\n    \
+            type: compose\n    components:\n      - name: app\n        properties:\n          \
+            packageLocation: app/compose.yaml\n";
+        let request = pb::ApplyDesiredStateRequest {
+            revision: "r1".into(),
+            deployments: vec![pb::DeploymentDocument {
+                path: "d.yaml".into(),
+                yaml: doc.into(),
+            }],
+            artifacts: [(
+                "app/compose.yaml".to_string(),
+                b"services:\n  web:\n    image: x:1\n".to_vec(),
+            )]
+            .into_iter()
+            .collect(),
+        };
+        let response = agent.apply(request).await.unwrap();
+        assert!(response.rejected.is_empty(), "{response:?}");
+
+        assert!(agent.reconcile_once().await.is_err());
+        let state = agent.watch().borrow().clone();
+        let deployment = &state.deployments[0];
+        assert_eq!(deployment.state(), pb::DeploymentState::Failed);
+        let error = deployment.error.as_ref().unwrap();
+        assert_eq!(error.code, "ERR_RUNTIME");
+        assert!(error.message.contains("engine down"), "{error:?}");
     }
 }
