@@ -18,7 +18,7 @@ use woa_proto::v1 as pb;
 use crate::desired::{self, DesiredState, status_error};
 use crate::package::PackageFetcher;
 use crate::plan::{self, Awaited, Step};
-use crate::runtime::{ContainerRuntime, Observed, ObservedContainer, Owner};
+use crate::runtime::{ContainerPlan, ContainerRuntime, Observed, ObservedContainer, Owner};
 use crate::spec::Condition;
 use crate::{Error, Result};
 
@@ -255,11 +255,21 @@ impl<R: ContainerRuntime> Agent<R> {
                 // Pull before anything is stopped, so a failed pull leaves the old one running.
                 self.runtime.ensure_image(&plan.service.image).await?;
                 self.wait_for(after, broken).await?;
-                if let Some(old) = replaces {
-                    self.runtime.remove_container(old).await?;
-                }
                 tracing::info!(container = %plan.name, image = %plan.service.image, "creating container");
-                let id = self.runtime.create_container(plan).await?;
+                let Some(old) = replaces else {
+                    let id = self.runtime.create_container(plan).await?;
+                    return self.runtime.start_container(&id).await;
+                };
+                // The replacement is created beside the old container first, so a spec the
+                // engine refuses leaves the old one running. An interrupted replacement leaves
+                // a `.next` container that no plan wants: the next pass removes it.
+                let staged = ContainerPlan {
+                    name: format!("{}.next", plan.name),
+                    ..(**plan).clone()
+                };
+                let id = self.runtime.create_container(&staged).await?;
+                self.runtime.remove_container(old).await?;
+                self.runtime.rename_container(&id, &plan.name).await?;
                 self.runtime.start_container(&id).await
             }
             Step::Start {
@@ -675,7 +685,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::package::PackageConfig;
-    use crate::runtime::{ContainerPlan, EngineFacts};
+    use crate::runtime::EngineFacts;
     use crate::spec::{Network, Volume};
 
     /// An engine that cannot be reached.
@@ -708,6 +718,9 @@ mod tests {
             down()
         }
         async fn start_container(&self, _: &str) -> Result<()> {
+            down()
+        }
+        async fn rename_container(&self, _: &str, _: &str) -> Result<()> {
             down()
         }
         async fn remove_container(&self, _: &str) -> Result<()> {

@@ -11,7 +11,8 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, ListContainersOptions, ListNetworksOptions,
-    ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions, StopContainerOptions,
+    ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions, RenameContainerOptions,
+    StopContainerOptions,
 };
 use futures_util::TryStreamExt;
 
@@ -341,6 +342,16 @@ impl ContainerRuntime for DockerRuntime {
             .start_container(id, None)
             .await
             .map_err(|e| engine(&format!("starting container {id}"), e))
+    }
+
+    async fn rename_container(&self, id: &str, name: &str) -> Result<()> {
+        let options = RenameContainerOptions {
+            name: name.to_string(),
+        };
+        self.docker
+            .rename_container(id, options)
+            .await
+            .map_err(|e| engine(&format!("renaming container {id} to {name}"), e))
     }
 
     async fn remove_container(&self, id: &str) -> Result<()> {

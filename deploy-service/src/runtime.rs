@@ -139,6 +139,8 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// Creates (not starts) a container; returns its id.
     fn create_container(&self, plan: &ContainerPlan)
     -> impl Future<Output = Result<String>> + Send;
+    /// Gives a container a new name.
+    fn rename_container(&self, id: &str, name: &str) -> impl Future<Output = Result<()>> + Send;
     /// Starts a created or stopped container.
     fn start_container(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
     /// Removes a container, stopping it first.

@@ -645,3 +645,38 @@ fn a_file_too_broken_to_name_its_deployment_keeps_that_deployment_running() -> R
     assert_eq!(start_times(app.id())?, before);
     Ok(())
 }
+
+#[test]
+fn an_update_the_engine_refuses_leaves_the_old_container_running() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let deploy = Deploy::start()?;
+    let image = testapp_image()?;
+    let app = AppDeployment::new(&cleanup.deployment_id()?, "guarded")
+        .component("app", "apps/guarded/compose.yaml");
+    deploy.apply(
+        &DesiredState::new("r1")
+            .deployment(&app)
+            .artifact("apps/guarded/compose.yaml", single(image)),
+    )?;
+    deploy.wait_for(app.id(), "r1", "INSTALLED")?;
+    let before = start_times(app.id())?;
+
+    // Valid compose, but the engine refuses the container at create time.
+    let refused = format!("{}    cap_add: [NOT_A_CAP]\n", single(image));
+    deploy.apply(
+        &DesiredState::new("r2")
+            .deployment(&app)
+            .artifact("apps/guarded/compose.yaml", refused),
+    )?;
+    let status = deploy.wait_for(app.id(), "r2", "FAILED")?;
+    assert!(
+        status["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("NOT_A_CAP")),
+        "{status:#}"
+    );
+    let running = containers(app.id())?;
+    assert_eq!(services(&running), BTreeMap::from([("app".into(), 1)]));
+    assert_eq!(start_times(app.id())?, before);
+    Ok(())
+}
