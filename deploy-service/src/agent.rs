@@ -16,6 +16,7 @@ use woa_common::store;
 use woa_proto::v1 as pb;
 
 use crate::desired::{self, DesiredState, status_error};
+use crate::metrics::Metrics;
 use crate::package::PackageFetcher;
 use crate::plan::{self, Awaited, Step};
 use crate::runtime::{ContainerPlan, ContainerRuntime, Observed, ObservedContainer, Owner};
@@ -48,6 +49,7 @@ pub struct Agent<R> {
     removed: Mutex<BTreeMap<String, String>>,
     wake: Notify,
     current: watch::Sender<pb::CurrentState>,
+    metrics: Arc<Metrics>,
     /// One reconcile pass at a time.
     pass: Mutex<()>,
 }
@@ -67,8 +69,14 @@ impl<R: ContainerRuntime> Agent<R> {
             removed: Mutex::default(),
             wake: Notify::new(),
             current: watch::channel(pb::CurrentState::default()).0,
+            metrics: Arc::default(),
             pass: Mutex::new(()),
         }))
+    }
+
+    /// The agent's counters.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// The runtime, for capabilities.
@@ -111,6 +119,7 @@ impl<R: ContainerRuntime> Agent<R> {
             .map_err(|e| Error::Setup(format!("storing desired state: {e}")))?;
         tracing::info!(revision = %next.revision, deployments = next.deployments.len(), rejected = next.rejected.len(), "desired state stored");
         *desired = next;
+        self.metrics.applied();
         let response = response(&desired, true);
         drop(desired);
         self.wake.notify_one();
@@ -127,7 +136,11 @@ impl<R: ContainerRuntime> Agent<R> {
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let mut failures = 0u32;
         loop {
-            let delay = match self.reconcile_once().await {
+            let started = std::time::Instant::now();
+            let result = self.reconcile_once().await;
+            let micros = started.elapsed().as_micros().try_into().unwrap_or(u64::MAX);
+            self.metrics.pass(result.is_ok(), micros);
+            let delay = match result {
                 Ok(()) => {
                     failures = 0;
                     self.settings.resync_interval

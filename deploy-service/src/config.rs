@@ -19,6 +19,8 @@ pub struct Config {
     /// Name of this agent on the engine (label `org.margo.woa.agent`); objects of other
     /// instances are never touched. One per engine is the norm.
     pub instance: String,
+    /// Address of the Prometheus metrics endpoint (plain HTTP); off when absent.
+    pub metrics_listen: Option<SocketAddr>,
     /// Where desired state and packages are kept.
     pub state_dir: PathBuf,
     /// Period of drift checks.
@@ -71,6 +73,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7411)),
             instance: "default".into(),
+            metrics_listen: None,
             state_dir: PathBuf::from("/var/lib/woa-deploy"),
             resync_interval: Duration::from_secs(30),
             remove_volumes: false,

@@ -11,6 +11,7 @@ mod config;
 mod desired;
 mod docker;
 mod error;
+mod metrics;
 pub mod package;
 mod plan;
 mod runtime;
@@ -34,6 +35,14 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
     let runtime =
         docker::DockerRuntime::connect(config.registries.clone(), &config.instance).await?;
     let bound = server::bind(&config).await?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::Setup(format!("binding metrics on {addr}: {e}")))?,
+        ),
+        None => None,
+    };
     let settings = agent::AgentSettings {
         state_dir: config.state_dir.clone(),
         resync_interval: config.resync_interval,
@@ -41,6 +50,14 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
     };
     let agent = agent::Agent::new(runtime, fetcher, settings)?;
     tracing::info!(listen = ?bound.local_addr(), state_dir = %config.state_dir.display(), "woa-deploy serving");
+    if let Some(listener) = metrics_listener {
+        let serve = metrics::serve(listener, agent.metrics(), agent.watch(), cancel.clone());
+        tokio::spawn(async move {
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "metrics endpoint stopped");
+            }
+        });
+    }
     let reconciler = tokio::spawn(agent.clone().run(cancel.clone()));
     let served = bound
         .serve(agent, config.device.clone(), cancel.clone())

@@ -30,6 +30,8 @@ pub struct DeployOptions {
     pub resync_interval: Option<String>,
     /// Registry credentials, one `[registries."host"]` table each.
     pub registries: Vec<RegistryLogin>,
+    /// Serve Prometheus metrics on this loopback port.
+    pub metrics_port: Option<u16>,
 }
 
 /// Which client certificate grpcurl presents.
@@ -245,6 +247,9 @@ fn config_toml(address: &str, dir: &Path, pki: &Pki, options: &DeployOptions) ->
         q(&instance),
         path(&state_dir)
     );
+    if let Some(port) = options.metrics_port {
+        toml += &format!("metrics_listen = \"127.0.0.1:{port}\"\n");
+    }
     if let Some(interval) = &options.resync_interval {
         toml += &format!("resync_interval = {}\n", q(interval));
     }

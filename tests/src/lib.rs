@@ -21,4 +21,4 @@ pub use docker::{Cleanup, Container, containers, networks, remove_container};
 pub use image::testapp_image;
 pub use pki::Pki;
 pub use registry::{Registry, RegistryLogin};
-pub use util::{Outcome, base64, http_get, new_deployment_id, wait_until};
+pub use util::{Outcome, base64, free_port, http_get, new_deployment_id, wait_until};

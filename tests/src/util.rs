@@ -69,7 +69,7 @@ pub fn new_deployment_id() -> Result<String> {
 }
 
 /// A loopback port that is free right now.
-pub(crate) fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
     Ok(listener.local_addr()?.port())
 }

@@ -680,3 +680,40 @@ fn an_update_the_engine_refuses_leaves_the_old_container_running() -> Result<()>
     assert_eq!(start_times(app.id())?, before);
     Ok(())
 }
+
+#[test]
+fn metrics_count_passes_and_deployments_by_state() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let port = woa_tests::free_port()?;
+    let deploy = Deploy::start_with(&DeployOptions {
+        resync_interval: Some("1s".into()),
+        metrics_port: Some(port),
+        ..Default::default()
+    })?;
+    let app = AppDeployment::new(&cleanup.deployment_id()?, "counted")
+        .component("app", "apps/counted/compose.yaml");
+    deploy.apply(
+        &DesiredState::new("r1")
+            .deployment(&app)
+            .artifact("apps/counted/compose.yaml", single(testapp_image()?)),
+    )?;
+    deploy.wait_for(app.id(), "r1", "INSTALLED")?;
+    let text = wait_until(CONVERGE, || {
+        let (code, body) = http_get(port, "/metrics")?;
+        ensure!(code == 200, "metrics answered {code}");
+        Ok(body
+            .contains("woa_deploy_deployments{state=\"installed\"} 1")
+            .then_some(body))
+    })?;
+    assert!(
+        text.contains("woa_deploy_desired_states_applied_total 1"),
+        "{text}"
+    );
+    let passes: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("woa_deploy_reconcile_passes_total "))
+        .context("passes counter")?
+        .parse()?;
+    assert!(passes >= 1, "{text}");
+    Ok(())
+}
