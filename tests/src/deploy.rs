@@ -302,6 +302,7 @@ mod tests {
                 username: "tester".to_owned(),
                 password: "secret".to_owned(),
             }],
+            metrics_port: None,
         };
         let toml = config_toml("127.0.0.1:7411", dir.path(), &pki, &options).unwrap();
         assert!(toml.starts_with("listen = \"127.0.0.1:7411\"\ninstance = \"woa-tests-"));
