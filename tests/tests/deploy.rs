@@ -44,6 +44,19 @@ fn single(image: &str) -> String {
     format!("services:\n  app:\n    image: {image}\n    command: [\"sleep\"]\n")
 }
 
+/// Applies revision r1 with one single-service deployment named `name` and waits for it.
+fn install_single(deploy: &Deploy, cleanup: &Cleanup, name: &str) -> Result<AppDeployment> {
+    let location = format!("apps/{name}/compose.yaml");
+    let app = AppDeployment::new(&cleanup.deployment_id()?, name).component("app", &location);
+    deploy.apply(
+        &DesiredState::new("r1")
+            .deployment(&app)
+            .artifact(&location, single(testapp_image()?)),
+    )?;
+    deploy.wait_for(app.id(), "r1", "INSTALLED")?;
+    Ok(app)
+}
+
 /// The services of a deployment's containers, with how many containers each has.
 fn services(containers: &[Container]) -> BTreeMap<String, usize> {
     let mut count = BTreeMap::new();
@@ -323,14 +336,7 @@ fn a_container_removed_behind_its_back_is_recreated_by_resync() -> Result<()> {
         resync_interval: Some("2s".into()),
         ..DeployOptions::default()
     })?;
-    let app = AppDeployment::new(&cleanup.deployment_id()?, "sleeper")
-        .component("app", "apps/sleeper/compose.yaml");
-    deploy.apply(
-        &DesiredState::new("r1")
-            .deployment(&app)
-            .artifact("apps/sleeper/compose.yaml", single(testapp_image()?)),
-    )?;
-    deploy.wait_for(app.id(), "r1", "INSTALLED")?;
+    let app = install_single(&deploy, &cleanup, "sleeper")?;
     let removed = container_of(&containers(app.id())?, "app")?.id.clone();
 
     remove_container(&removed)?;
@@ -594,14 +600,7 @@ fn a_lost_state_directory_removes_nothing_that_runs() -> Result<()> {
         resync_interval: Some("1s".into()),
         ..Default::default()
     })?;
-    let app = AppDeployment::new(&cleanup.deployment_id()?, "kept")
-        .component("app", "apps/kept/compose.yaml");
-    deploy.apply(
-        &DesiredState::new("r1")
-            .deployment(&app)
-            .artifact("apps/kept/compose.yaml", single(testapp_image()?)),
-    )?;
-    deploy.wait_for(app.id(), "r1", "INSTALLED")?;
+    let app = install_single(&deploy, &cleanup, "kept")?;
     let before = start_times(app.id())?;
 
     deploy.kill9()?;
@@ -650,19 +649,11 @@ fn a_file_too_broken_to_name_its_deployment_keeps_that_deployment_running() -> R
 fn an_update_the_engine_refuses_leaves_the_old_container_running() -> Result<()> {
     let cleanup = Cleanup::new();
     let deploy = Deploy::start()?;
-    let image = testapp_image()?;
-    let app = AppDeployment::new(&cleanup.deployment_id()?, "guarded")
-        .component("app", "apps/guarded/compose.yaml");
-    deploy.apply(
-        &DesiredState::new("r1")
-            .deployment(&app)
-            .artifact("apps/guarded/compose.yaml", single(image)),
-    )?;
-    deploy.wait_for(app.id(), "r1", "INSTALLED")?;
+    let app = install_single(&deploy, &cleanup, "guarded")?;
     let before = start_times(app.id())?;
 
     // Valid compose, but the engine refuses the container at create time.
-    let refused = format!("{}    cap_add: [NOT_A_CAP]\n", single(image));
+    let refused = format!("{}    cap_add: [NOT_A_CAP]\n", single(testapp_image()?));
     deploy.apply(
         &DesiredState::new("r2")
             .deployment(&app)
@@ -690,14 +681,7 @@ fn metrics_count_passes_and_deployments_by_state() -> Result<()> {
         metrics_port: Some(port),
         ..Default::default()
     })?;
-    let app = AppDeployment::new(&cleanup.deployment_id()?, "counted")
-        .component("app", "apps/counted/compose.yaml");
-    deploy.apply(
-        &DesiredState::new("r1")
-            .deployment(&app)
-            .artifact("apps/counted/compose.yaml", single(testapp_image()?)),
-    )?;
-    deploy.wait_for(app.id(), "r1", "INSTALLED")?;
+    install_single(&deploy, &cleanup, "counted")?;
     let text = wait_until(CONVERGE, || {
         let (code, body) = http_get(port, "/metrics")?;
         ensure!(code == 200, "metrics answered {code}");
