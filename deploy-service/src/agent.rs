@@ -3,12 +3,11 @@
 //! schedules passes (on apply, on the resync timer, with backoff after engine errors).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-
-use futures_util::future::join_all;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use tokio::sync::{Mutex, Notify, watch};
 use tokio_util::sync::CancellationToken;
 use woa_common::margo::{ComponentStatus, DeploymentState, DeploymentStatusManifest, StatusError};
@@ -139,6 +138,7 @@ impl<R: ContainerRuntime> Agent<R> {
             let started = std::time::Instant::now();
             let result = self.reconcile_once().await;
             let micros = started.elapsed().as_micros().try_into().unwrap_or(u64::MAX);
+            tracing::debug!(elapsed_us = micros, ok = result.is_ok(), "reconcile pass done");
             self.metrics.pass(result.is_ok(), micros);
             let delay = match result {
                 Ok(()) => {
@@ -163,7 +163,6 @@ impl<R: ContainerRuntime> Agent<R> {
     #[tracing::instrument(skip(self), fields(revision))]
     pub async fn reconcile_once(&self) -> Result<()> {
         let _pass = self.pass.lock().await;
-        let started = std::time::Instant::now();
         let desired = self.desired.lock().await.clone();
         tracing::Span::current().record("revision", desired.revision.as_str());
         let observed = match self.runtime.observe().await {
@@ -229,10 +228,6 @@ impl<R: ContainerRuntime> Agent<R> {
         *self.errors.lock().await = failed;
         let observed = self.runtime.observe().await?;
         self.publish(&desired, &observed).await;
-        tracing::debug!(
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "reconcile pass done"
-        );
         Ok(())
     }
 
