@@ -138,7 +138,11 @@ impl<R: ContainerRuntime> Agent<R> {
             let started = std::time::Instant::now();
             let result = self.reconcile_once().await;
             let micros = started.elapsed().as_micros().try_into().unwrap_or(u64::MAX);
-            tracing::debug!(elapsed_us = micros, ok = result.is_ok(), "reconcile pass done");
+            tracing::debug!(
+                elapsed_us = micros,
+                ok = result.is_ok(),
+                "reconcile pass done"
+            );
             self.metrics.pass(result.is_ok(), micros);
             let delay = match result {
                 Ok(()) => {

@@ -701,3 +701,42 @@ fn metrics_count_passes_and_deployments_by_state() -> Result<()> {
     assert!(passes >= 1, "{text}");
     Ok(())
 }
+
+#[test]
+fn capabilities_describe_this_device_and_the_margo_manifest() -> Result<()> {
+    let deploy = Deploy::start()?;
+    let caps = deploy.grpcurl(
+        "woa.deploy.v1.DeploymentService/GetCapabilities",
+        &json!({}),
+    )?;
+    let cores = caps["cpus"][0]["cores"].as_u64().context("cores")?;
+    assert!(cores >= 1, "{caps:#}");
+    assert_eq!(caps["supportedDeploymentTypes"], json!(["compose"]));
+    assert!(
+        caps["memory"].as_str().is_some_and(|m| m.ends_with("i")),
+        "binary units: {caps:#}"
+    );
+    let manifest: Value =
+        serde_json::from_str(caps["manifestJson"].as_str().context("manifestJson")?)?;
+    assert_eq!(manifest["kind"], "DeviceCapabilitiesManifest");
+    assert_eq!(manifest["properties"]["cpus"][0]["cores"], json!(cores));
+    Ok(())
+}
+
+#[test]
+fn watching_sends_the_full_state_at_once() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let deploy = Deploy::start()?;
+    let app = install_single(&deploy, &cleanup, "watched")?;
+    // The stream never ends by itself: grpcurl gives up after its deadline, having printed
+    // what arrived.
+    let out = deploy.grpcurl_raw(
+        Identity::Operator,
+        &["-max-time", "3"],
+        &["woa.deploy.v1.DeploymentService/WatchCurrentState"],
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(app.id()), "{out:?}");
+    assert!(text.contains("DEPLOYMENT_STATE_INSTALLED"), "{out:?}");
+    Ok(())
+}
