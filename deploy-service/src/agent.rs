@@ -44,7 +44,8 @@ pub struct Agent<R> {
     desired: Mutex<DesiredState>,
     /// Apply errors by component, from the last pass.
     errors: Mutex<HashMap<Owner, StatusError>>,
-    /// Deployments removed since start, reported `removed` until they come back.
+    /// Removed deployments (id -> revision that removed them), reported `removed` until they
+    /// come back; stored, so a restart does not forget to report a removal.
     removed: Mutex<BTreeMap<String, String>>,
     wake: Notify,
     current: watch::Sender<pb::CurrentState>,
@@ -59,13 +60,16 @@ impl<R: ContainerRuntime> Agent<R> {
         let desired = store::load_json(&settings.state_dir.join("desired.json"))
             .map_err(|e| Error::Setup(format!("loading desired state: {e}")))?
             .unwrap_or_default();
+        let removed = store::load_json(&settings.state_dir.join("removed.json"))
+            .map_err(|e| Error::Setup(format!("loading removed deployments: {e}")))?
+            .unwrap_or_default();
         Ok(Arc::new(Self {
             runtime,
             fetcher,
             settings,
             desired: Mutex::new(desired),
             errors: Mutex::default(),
-            removed: Mutex::default(),
+            removed: Mutex::new(removed),
             wake: Notify::new(),
             current: watch::channel(pb::CurrentState::default()).0,
             metrics: Arc::default(),
@@ -364,6 +368,7 @@ impl<R: ContainerRuntime> Agent<R> {
     async fn publish(&self, desired: &DesiredState, observed: &Observed) {
         let errors = self.errors.lock().await.clone();
         let mut removed = self.removed.lock().await;
+        let removed_before = removed.clone();
         let mut deployments: Vec<pb::DeploymentStatus> = desired
             .deployments
             .iter()
@@ -413,6 +418,12 @@ impl<R: ContainerRuntime> Agent<R> {
             if let Some(last) = deployments.last_mut() {
                 last.state = pb::DeploymentState::Removed as i32;
                 last.manifest_json = manifest_json(last, DeploymentState::Removed);
+            }
+        }
+        if *removed != removed_before {
+            let path = self.settings.state_dir.join("removed.json");
+            if let Err(e) = store::save_json(&path, &*removed) {
+                tracing::warn!(error = %e, "storing removed deployments failed");
             }
         }
         let state = pb::CurrentState {

@@ -246,7 +246,7 @@ fn changing_a_parameter_recreates_only_the_container_that_uses_it() -> Result<()
 #[test]
 fn a_deployment_left_out_of_the_desired_state_is_removed_with_its_network() -> Result<()> {
     let cleanup = Cleanup::new();
-    let deploy = Deploy::start()?;
+    let mut deploy = Deploy::start()?;
     let app = AppDeployment::new(&cleanup.deployment_id()?, "hello")
         .component("app", "apps/hello/compose.yaml")
         .parameter("GREETING", "bye soon", &["app"]);
@@ -265,10 +265,14 @@ fn a_deployment_left_out_of_the_desired_state_is_removed_with_its_network() -> R
     wait_until(CONVERGE, || {
         Ok(containers(app.id())?.is_empty() && networks(app.id())?.is_empty())
     })?;
-    wait_until(CONVERGE, || {
+    let removed = |deploy: &Deploy| -> Result<bool> {
         let status = deploy.status(app.id())?;
-        Ok(status.is_none_or(|s| s["state"] == "DEPLOYMENT_STATE_REMOVED"))
-    })?;
+        Ok(status.is_some_and(|s| s["state"] == "DEPLOYMENT_STATE_REMOVED"))
+    };
+    wait_until(CONVERGE, || removed(&deploy))?;
+    // The removal is still reported after a restart, for a sync service that missed it.
+    deploy.restart()?;
+    wait_until(CONVERGE, || removed(&deploy))?;
     Ok(())
 }
 
