@@ -22,7 +22,12 @@ pub(crate) fn woa_deploy() -> Result<&'static Path> {
 
 fn build_woa_deploy() -> Result<PathBuf> {
     let target_dir = target_dir()?;
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+    // Read at run time: a build cached from another checkout of the workspace (sharing the
+    // target dir) would otherwise carry that checkout's path and build its sources.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let workspace = manifest_dir
         .parent()
         .context("the tests crate lives inside the workspace")?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
