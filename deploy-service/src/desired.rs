@@ -118,6 +118,11 @@ pub async fn resolve(
             continue;
         }
         let last_good = previous.deployments.iter().find(|d| d.id == id);
+        // The newest document's component names, for status even when it cannot be used.
+        let names: Vec<String> = parsed
+            .iter()
+            .flat_map(|d| d.components.iter().map(|c| c.name.clone()))
+            .collect();
         let result = match parsed {
             Ok(d) => resolve_deployment(&d, artifacts, fetcher, packages_dir)
                 .await
@@ -129,15 +134,12 @@ pub async fn resolve(
                 id,
                 application_id: d.application_id.unwrap_or_default(),
                 path: path.clone(),
-                component_names: components.iter().map(|c| c.name.clone()).collect(),
+                component_names: names,
                 components,
                 error: None,
             },
             Err(e) => {
                 tracing::warn!(deployment = %id, %path, error = %e, "desired deployment rejected");
-                let names = margo::parse_deployment(path, yaml)
-                    .map(|d| d.components.into_iter().map(|c| c.name).collect())
-                    .unwrap_or_default();
                 Deployment {
                     id,
                     application_id: last_good

@@ -108,35 +108,29 @@ fn owner(d: &Deployment, c: &Component) -> Owner {
     }
 }
 
+/// Engine names by compose key: the external name where one is given, else the component's own.
+fn engine_names<'a>(
+    owner: &Owner,
+    keys: impl Iterator<Item = (&'a String, &'a Option<String>)>,
+) -> BTreeMap<String, String> {
+    keys.map(|(key, external)| {
+        let name = external.clone().unwrap_or_else(|| engine_name(owner, key));
+        (key.clone(), name)
+    })
+    .collect()
+}
+
 /// The container plans of a component, in dependency order.
 pub fn container_plans(d: &Deployment, c: &Component) -> Vec<ContainerPlan> {
     let owner = owner(d, c);
-    let networks: BTreeMap<String, String> = c
-        .project
-        .networks
-        .iter()
-        .map(|n| {
-            (
-                n.name.clone(),
-                n.external
-                    .clone()
-                    .unwrap_or_else(|| engine_name(&owner, &n.name)),
-            )
-        })
-        .collect();
-    let volumes: BTreeMap<String, String> = c
-        .project
-        .volumes
-        .iter()
-        .map(|v| {
-            (
-                v.name.clone(),
-                v.external
-                    .clone()
-                    .unwrap_or_else(|| engine_name(&owner, &v.name)),
-            )
-        })
-        .collect();
+    let networks = engine_names(
+        &owner,
+        c.project.networks.iter().map(|n| (&n.name, &n.external)),
+    );
+    let volumes = engine_names(
+        &owner,
+        c.project.volumes.iter().map(|v| (&v.name, &v.external)),
+    );
     dependency_order(c)
         .into_iter()
         .map(|service| {

@@ -454,28 +454,23 @@ fn a_deployment_without_components_fails_naming_the_field() -> Result<()> {
     )
 }
 
+/// A one-component deployment with the given profile type.
+fn with_profile(id: &str, desired: DesiredState, profile: &str) -> DesiredState {
+    let app = AppDeployment::new(id, profile)
+        .profile(profile)
+        .component("app", "x");
+    desired.deployment(&app)
+}
+
 #[test]
 fn an_unknown_profile_type_fails_naming_it() -> Result<()> {
-    fails_alone(
-        |id, desired| {
-            let app = AppDeployment::new(id, "odd")
-                .profile("nomad-job")
-                .component("app", "x");
-            desired.deployment(&app)
-        },
-        "nomad-job",
-    )
+    fails_alone(|id, d| with_profile(id, d, "nomad-job"), "nomad-job")
 }
 
 #[test]
 fn a_helm_profile_is_not_supported_on_this_device() -> Result<()> {
     fails_alone(
-        |id, desired| {
-            let app = AppDeployment::new(id, "chart")
-                .profile("helm")
-                .component("app", "x");
-            desired.deployment(&app)
-        },
+        |id, d| with_profile(id, d, "helm"),
         "deployment profile helm is not supported on this device",
     )
 }
