@@ -19,6 +19,9 @@ use crate::config::{Config, DeviceOverrides};
 use crate::runtime::ContainerRuntime;
 use crate::{Error, Result};
 
+/// Largest accepted request: a desired state with its referenced repository files.
+const MAX_REQUEST_BYTES: usize = 64 << 20;
+
 /// The service implementation over an agent.
 pub struct Api<R> {
     agent: Arc<Agent<R>>,
@@ -149,7 +152,10 @@ impl Bound {
             agent,
             device,
             cancel: cancel.clone(),
-        });
+        })
+        // A desired state carries the repository files its deployments reference; the 4 MiB
+        // default would refuse a modest package directory.
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
         let shutdown = {
             let cancel = cancel.clone();
             async move {
