@@ -1,6 +1,7 @@
 //! Shared parts of the woa services: the Margo data model, configuration loading, the local PKI,
 //! atomic state files, logging and shutdown.
 
+pub mod backoff;
 pub mod config;
 mod error;
 pub mod margo;
@@ -8,5 +9,6 @@ pub mod pki;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 pub use error::{Error, Result};

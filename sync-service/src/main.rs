@@ -1,1 +1,160 @@
-fn main() {}
+//! The `woa-sync` command.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use woa_sync::Config;
+use woa_sync::enroll::{ManualEnrollment, TokenEnrollment};
+
+/// woa sync service: pulls the device's desired state from Git and reports to the WOS.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, global = true, env = "WOA_SYNC_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pull, apply and report until stopped.
+    Run,
+    /// Print this device's unique id (made on first use).
+    DeviceId,
+    /// Set up trust with the WOS: with an enrollment token, or from pre-provisioned files.
+    Enroll(EnrollArgs),
+}
+
+#[derive(Args)]
+struct EnrollArgs {
+    /// WOS base URL.
+    #[arg(long)]
+    wos: String,
+    /// CA bundle (PEM) to trust for the WOS; the system roots when absent.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Enrollment token.
+    #[arg(long, env = "WOA_SYNC_ENROLLMENT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File holding the enrollment token (keeps it out of the process list).
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// Use pre-provisioned certificate, credentials and repository instead of a token.
+    #[arg(long, requires_all = ["client_id", "cert", "key", "repo_url"], conflicts_with_all = ["token", "token_file"])]
+    manual: bool,
+    /// The client id the WOS knows this device by (manual).
+    #[arg(long)]
+    client_id: Option<String>,
+    /// Device certificate, PEM (manual).
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Device key, PEM (manual).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Desired-state repository URL (manual).
+    #[arg(long)]
+    repo_url: Option<String>,
+    /// Repository branch (manual).
+    #[arg(long, default_value = "main")]
+    repo_branch: String,
+    /// Directory of the deployment documents in the repository (manual).
+    #[arg(long, default_value = "deployments")]
+    repo_path: String,
+    /// Repository authentication: none, basic, bearer or mtls (manual).
+    #[arg(long, default_value = "mtls")]
+    repo_auth: String,
+    /// User name for basic repository authentication (manual).
+    #[arg(long, default_value = "")]
+    repo_username: String,
+    /// File holding the repository password or token (manual).
+    #[arg(long)]
+    repo_secret_file: Option<PathBuf>,
+}
+
+/// Exit code for an invalid configuration (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("woa-sync: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    woa_common::telemetry::init(config.log_format);
+    let result = match cli.command {
+        Command::DeviceId => woa_sync::device_id(&config.state_dir)
+            .map(|id| println!("{id}"))
+            .map_err(anyhow::Error::from),
+        Command::Enroll(args) => block_on(enroll(&config.state_dir, args)),
+        Command::Run => block_on(async {
+            let cancel = woa_common::shutdown::on_signal();
+            woa_sync::run(config, cancel).await
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("woa-sync: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn enroll(state_dir: &Path, args: EnrollArgs) -> woa_sync::Result<()> {
+    let missing = |what: &str| woa_sync::Error::Enrollment(format!("--manual needs {what}"));
+    let enrollment = if args.manual {
+        woa_sync::enroll::manual(
+            state_dir,
+            ManualEnrollment {
+                wos_url: args.wos,
+                ca: args.ca,
+                client_id: args.client_id.ok_or_else(|| missing("--client-id"))?,
+                cert: args.cert.ok_or_else(|| missing("--cert"))?,
+                key: args.key.ok_or_else(|| missing("--key"))?,
+                repo_url: args.repo_url.ok_or_else(|| missing("--repo-url"))?,
+                repo_branch: args.repo_branch,
+                repo_path: args.repo_path,
+                repo_auth: args.repo_auth,
+                repo_username: args.repo_username,
+                repo_secret_file: args.repo_secret_file,
+            },
+        )?
+    } else {
+        let token = match (args.token, args.token_file) {
+            (Some(token), _) => token,
+            (None, Some(file)) => std::fs::read_to_string(&file)
+                .map_err(|e| woa_common::Error::file(&file, e))?
+                .trim()
+                .to_owned(),
+            (None, None) => {
+                return Err(woa_sync::Error::Enrollment(
+                    "give --token, --token-file or --manual".into(),
+                ));
+            }
+        };
+        woa_sync::enroll::with_token(
+            state_dir,
+            TokenEnrollment {
+                wos_url: &args.wos,
+                token: &token,
+                ca: args.ca.as_deref(),
+            },
+        )
+        .await?
+    };
+    println!(
+        "enrolled as client {} (repository {}, branch {})",
+        enrollment.client_id, enrollment.repository.url, enrollment.repository.branch
+    );
+    Ok(())
+}
+
+fn block_on<F: std::future::Future<Output = woa_sync::Result<()>>>(f: F) -> anyhow::Result<()> {
+    Ok(tokio::runtime::Runtime::new()?.block_on(f)?)
+}

@@ -1,0 +1,100 @@
+//! The mTLS gRPC link to the deployment service (`woa.deploy.v1`). The channel connects lazily
+//! and reconnects by itself, so a deployment service that restarts costs failed calls, which
+//! callers retry, and never a restart of this service.
+
+use std::time::Duration;
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use woa_proto::v1 as pb;
+use woa_proto::v1::deployment_service_client::DeploymentServiceClient;
+
+use crate::config::DeployLink;
+use crate::{Error, Result};
+
+/// Largest message either way: a desired state with the files it references.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// A client of the deployment service.
+#[derive(Debug, Clone)]
+pub struct Deployer {
+    client: DeploymentServiceClient<Channel>,
+}
+
+impl Deployer {
+    /// A lazily connecting client for `link`; fails only on unusable files or URL.
+    pub fn new(link: &DeployLink) -> Result<Self> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| woa_common::Error::file(path, e))
+        };
+        let endpoint = Endpoint::from_shared(link.endpoint.clone()).map_err(|e| Error::Deploy {
+            operation: "setup",
+            message: format!("deploy.endpoint {:?}: {e}", link.endpoint),
+        })?;
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&link.ca)?))
+            .identity(Identity::from_pem(read(&link.cert)?, read(&link.key)?));
+        if let Some(name) = &link.server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        let channel = endpoint
+            .tls_config(tls)
+            .map_err(|e| Error::Deploy {
+                operation: "setup",
+                message: format!("TLS: {e}"),
+            })?
+            .connect_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .connect_lazy();
+        let client = DeploymentServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(Self { client })
+    }
+
+    /// `ApplyDesiredState`.
+    pub async fn apply(
+        &self,
+        request: pb::ApplyDesiredStateRequest,
+    ) -> Result<pb::ApplyDesiredStateResponse> {
+        self.client
+            .clone()
+            .apply_desired_state(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| failed("ApplyDesiredState", s))
+    }
+
+    /// `GetCapabilities`.
+    pub async fn capabilities(&self) -> Result<pb::DeviceCapabilities> {
+        self.client
+            .clone()
+            .get_capabilities(pb::GetCapabilitiesRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| failed("GetCapabilities", s))
+    }
+
+    /// `WatchCurrentState`: the full current state now and after every change.
+    pub async fn watch(&self) -> Result<tonic::Streaming<pb::CurrentState>> {
+        self.client
+            .clone()
+            .watch_current_state(pb::WatchCurrentStateRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| failed("WatchCurrentState", s))
+    }
+}
+
+/// A failed call, with the transport's cause when there is one (tonic's message alone is
+/// often just "transport error").
+pub(crate) fn failed(operation: &'static str, status: tonic::Status) -> Error {
+    let mut message = format!("{:?}: {}", status.code(), status.message());
+    let mut source = std::error::Error::source(&status);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    Error::Deploy { operation, message }
+}

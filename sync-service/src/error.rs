@@ -1,0 +1,66 @@
+use std::time::Duration;
+
+use crate::source::SourceError;
+
+/// Everything that can fail in woa-sync.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Configuration, files, PKI or TLS material (from the shared crate).
+    #[error(transparent)]
+    Common(#[from] woa_common::Error),
+    /// The device is not enrolled and the configuration does not say enough to run without.
+    #[error("not enrolled: {0} (run `woa-sync enroll` or set it in the configuration)")]
+    NotEnrolled(String),
+    /// Enrollment with the WOS failed.
+    #[error("enrollment: {0}")]
+    Enrollment(String),
+    /// The desired-state repository could not be fetched or read.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A request to the WOS failed.
+    #[error("WOS {operation}: {message}")]
+    Wos {
+        /// What was attempted, e.g. `status of 3f2…`.
+        operation: String,
+        /// HTTP status, when the WOS answered.
+        status: Option<u16>,
+        /// Why, for people (the problem detail when the WOS sent one).
+        message: String,
+        /// How long the WOS asked us to wait (`Retry-After`).
+        retry_after: Option<Duration>,
+    },
+    /// A call to the deployment service failed.
+    #[error("deployment service {operation}: {message}")]
+    Deploy {
+        /// The call.
+        operation: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether trying the same request later can succeed: network trouble, 5xx, 408, 429.
+    /// A WOS that refuses the content itself (other 4xx) will refuse it again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Wos { status, .. } => match status {
+                None => true,
+                Some(s) => *s >= 500 || *s == 408 || *s == 429,
+            },
+            Error::Deploy { .. } | Error::Source(_) => true,
+            _ => false,
+        }
+    }
+
+    /// The wait the WOS asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Wos { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}

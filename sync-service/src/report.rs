@@ -1,0 +1,350 @@
+//! The posting side: statuses and capabilities to the WOS.
+//!
+//! The deployment service's `WatchCurrentState` stream says what runs; every deployment whose
+//! status changed goes into the outbox, and every deployment at each heartbeat. The outbox
+//! keeps only the latest status per deployment and is persisted, so statuses made while the
+//! WOS is unreachable (or while this service restarts) are delivered once it answers again.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use woa_common::backoff::Backoff;
+use woa_common::margo::{DeploymentStatusManifest, StatusError};
+use woa_common::store::{load_json, save_json};
+use woa_proto::v1 as pb;
+
+use crate::deploy_link::Deployer;
+use crate::pull::PullProblem;
+use crate::window::Schedule;
+use crate::wos::Wos;
+use crate::{Error, Result};
+
+/// Longest wait before retrying delivery when the WOS gave no `Retry-After`.
+const RETRY_CAP: Duration = Duration::from_secs(60);
+
+/// Longest wait before reconnecting to the deployment service.
+const RECONNECT_CAP: Duration = Duration::from_secs(10);
+
+/// What is waiting to be delivered; persisted after every change.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+struct Outbox {
+    /// Deployment id → the status manifest (JSON) to post.
+    statuses: BTreeMap<String, String>,
+    /// The capabilities manifest (JSON) to put, when it changed since the last delivery.
+    capabilities: Option<String>,
+    /// The capabilities last delivered, so a restart does not re-post unchanged ones.
+    delivered_capabilities: Option<String>,
+}
+
+/// The reporter's settings.
+pub struct Reporter {
+    /// The WOS.
+    pub wos: Wos,
+    /// This device's client id at the WOS.
+    pub client_id: String,
+    /// This device's id (put into the capabilities).
+    pub device_id: String,
+    /// The deployment service.
+    pub deployer: Deployer,
+    /// Where the outbox is persisted.
+    pub outbox_path: PathBuf,
+    /// Every status is posted at least this often.
+    pub heartbeat: Duration,
+    /// Downtime windows: nothing is sent inside them.
+    pub schedule: Arc<Schedule>,
+    /// The pull loop's current problem, added to statuses so the WOS sees it.
+    pub problems: watch::Receiver<Option<PullProblem>>,
+}
+
+impl Reporter {
+    /// Reports until `cancel`.
+    pub async fn run(mut self, cancel: CancellationToken) -> Result<()> {
+        let mut outbox: Outbox = load_json(&self.outbox_path)?.unwrap_or_default();
+        if !outbox.statuses.is_empty() {
+            tracing::info!(
+                pending = outbox.statuses.len(),
+                "statuses from before the restart are waiting for delivery"
+            );
+        }
+        let (states_tx, mut states) = watch::channel::<Option<pb::CurrentState>>(None);
+        let watcher = tokio::spawn(watch_states(
+            self.deployer.clone(),
+            states_tx,
+            cancel.clone(),
+        ));
+        // Statuses as last enqueued, so only changes are posted between heartbeats.
+        let mut enqueued: BTreeMap<String, String> = BTreeMap::new();
+        let mut heartbeat = tokio::time::interval(self.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut backoff = Backoff::new(Duration::from_secs(1), RETRY_CAP);
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut have_capabilities = false;
+        loop {
+            let mut full = false;
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                changed = states.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    if !have_capabilities {
+                        have_capabilities = self.refresh_capabilities(&mut outbox).await;
+                    }
+                }
+                changed = self.problems.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    full = true;
+                    have_capabilities = self.refresh_capabilities(&mut outbox).await;
+                }
+                () = sleep_until(retry_at) => {}
+            }
+            let state = states.borrow_and_update().clone();
+            if let Some(state) = state {
+                let problem = self.problems.borrow_and_update().clone();
+                for d in &state.deployments {
+                    let manifest = decorate(&d.manifest_json, problem.as_ref());
+                    if full || enqueued.get(&d.deployment_id) != Some(&manifest) {
+                        enqueued.insert(d.deployment_id.clone(), manifest.clone());
+                        outbox.statuses.insert(d.deployment_id.clone(), manifest);
+                    }
+                }
+            }
+            retry_at = match self.deliver(&mut outbox).await {
+                Ok(()) => {
+                    backoff.reset();
+                    None
+                }
+                Err(wait) => {
+                    Some(tokio::time::Instant::now() + wait.unwrap_or_else(|| backoff.next_delay()))
+                }
+            };
+            if let Err(e) = save_json(&self.outbox_path, &outbox) {
+                tracing::error!(error = %e, "could not persist the status outbox");
+            }
+        }
+        watcher.abort();
+        save_json(&self.outbox_path, &outbox)?;
+        Ok(())
+    }
+
+    /// Asks the deployment service for the capabilities and queues them if they changed;
+    /// false when it could not answer.
+    async fn refresh_capabilities(&self, outbox: &mut Outbox) -> bool {
+        match self.deployer.capabilities().await {
+            Ok(c) => {
+                let manifest = with_device_id(&c.manifest_json, &self.device_id);
+                if outbox.delivered_capabilities.as_ref() != Some(&manifest) {
+                    outbox.capabilities = Some(manifest);
+                }
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "capabilities not available yet");
+                false
+            }
+        }
+    }
+
+    /// Sends what the outbox holds, oldest first, stopping at the first transient failure.
+    /// `Err` carries the wait the WOS asked for, if any.
+    async fn deliver(&self, outbox: &mut Outbox) -> Result<(), Option<Duration>> {
+        let now = Timestamp::now();
+        if self.schedule.in_downtime(now) {
+            return Err(Some(Duration::from_secs(60)));
+        }
+        if let Some(capabilities) = outbox.capabilities.clone() {
+            match self
+                .wos
+                .put_capabilities(&self.client_id, capabilities.as_bytes())
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!("capabilities posted");
+                    outbox.capabilities = None;
+                    outbox.delivered_capabilities = Some(capabilities);
+                }
+                Err(e) => self.failed(&e, || outbox.capabilities = None)?,
+            }
+        }
+        let pending: Vec<(String, String)> = outbox
+            .statuses
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (deployment_id, manifest) in pending {
+            match self
+                .wos
+                .post_status(&self.client_id, &deployment_id, manifest.as_bytes())
+                .await
+            {
+                Ok(()) => {
+                    tracing::debug!(deployment = %deployment_id, "status posted");
+                    outbox.statuses.remove(&deployment_id);
+                }
+                Err(e) => self.failed(&e, || {
+                    outbox.statuses.remove(&deployment_id);
+                })?,
+            }
+        }
+        Ok(())
+    }
+
+    /// A transient failure stops delivery for now; a refusal of the content drops the item
+    /// (the WOS will refuse it again) after saying so.
+    fn failed(&self, e: &Error, drop_item: impl FnOnce()) -> Result<(), Option<Duration>> {
+        if e.is_transient() {
+            tracing::warn!(error = %e, "WOS not reachable; will retry");
+            return Err(e.retry_after());
+        }
+        tracing::error!(error = %e, "the WOS refused a report; dropped");
+        drop_item();
+        Ok(())
+    }
+}
+
+/// Follows `WatchCurrentState`, reconnecting with backoff when the deployment service goes
+/// away; the first message after a reconnect is the full state, so nothing is missed.
+async fn watch_states(
+    deployer: Deployer,
+    states: watch::Sender<Option<pb::CurrentState>>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(500), RECONNECT_CAP);
+    let mut reported = false;
+    while !cancel.is_cancelled() {
+        match deployer.watch().await {
+            Ok(mut stream) => {
+                tracing::info!("watching the deployment service");
+                reported = false;
+                backoff.reset();
+                while let Some(message) = stream.next().await {
+                    match message {
+                        Ok(state) => {
+                            states.send_replace(Some(state));
+                        }
+                        Err(status) => {
+                            tracing::warn!(error = %crate::deploy_link::failed("WatchCurrentState", status), "watch ended");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) if !reported => {
+                tracing::warn!(error = %e, "deployment service not reachable; retrying");
+                reported = true;
+            }
+            Err(e) => tracing::debug!(error = %e, "deployment service still not reachable"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+            () = cancel.cancelled() => {}
+        }
+    }
+}
+
+/// The status as posted: the deployment service's manifest, plus the pull problem in
+/// `status.error` when the deployment has no error of its own, so the WOS learns that the
+/// device cannot read its desired state.
+fn decorate(manifest_json: &str, problem: Option<&PullProblem>) -> String {
+    let Some(problem) = problem else {
+        return manifest_json.to_owned();
+    };
+    match serde_json::from_str::<DeploymentStatusManifest>(manifest_json) {
+        Ok(mut manifest) if manifest.status.error.is_none() => {
+            manifest.status.error = Some(StatusError::new(
+                problem.code,
+                &problem.source,
+                &problem.message,
+            ));
+            serde_json::to_string(&manifest).unwrap_or_else(|_| manifest_json.to_owned())
+        }
+        _ => manifest_json.to_owned(),
+    }
+}
+
+/// The capabilities manifest with `properties.id` set to the device id.
+fn with_device_id(manifest_json: &str, device_id: &str) -> String {
+    let Ok(mut value) = serde_json::from_str::<serde_json::Value>(manifest_json) else {
+        return manifest_json.to_owned();
+    };
+    if let Some(properties) = value
+        .get_mut("properties")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        properties.insert("id".into(), device_id.into());
+    }
+    value.to_string()
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use woa_common::margo::{ComponentStatus, DeploymentState};
+
+    fn manifest(error: Option<StatusError>) -> String {
+        serde_json::to_string(&DeploymentStatusManifest::new(
+            "d1",
+            "abc",
+            DeploymentState::Installed,
+            error,
+            vec![ComponentStatus {
+                name: "web".into(),
+                state: DeploymentState::Installed,
+                error: None,
+            }],
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pull_problem_reaches_statuses_without_hiding_their_own_errors() {
+        let problem = PullProblem {
+            code: "ERR_REPOSITORY_AUTH",
+            source: "https://wos/git/d.git".into(),
+            message: "the repository refused the credentials (HTTP 401)".into(),
+        };
+        let plain = manifest(None);
+        assert_eq!(decorate(&plain, None), plain);
+        let decorated: serde_json::Value =
+            serde_json::from_str(&decorate(&plain, Some(&problem))).unwrap();
+        assert_eq!(decorated["status"]["state"], "installed");
+        assert_eq!(decorated["status"]["error"]["code"], "ERR_REPOSITORY_AUTH");
+        assert_eq!(decorated["revision"], "abc");
+        let own = manifest(Some(StatusError::new(
+            "ERR_IMAGE_PULL",
+            "web",
+            "no such image",
+        )));
+        assert_eq!(decorate(&own, Some(&problem)), own);
+    }
+
+    #[test]
+    fn capabilities_carry_the_device_id() {
+        let m = with_device_id(
+            r#"{"kind":"DeviceCapabilitiesManifest","properties":{"id":"host"}}"#,
+            "dev-1",
+        );
+        let v: serde_json::Value = serde_json::from_str(&m).unwrap();
+        assert_eq!(v["properties"]["id"], "dev-1");
+        assert_eq!(with_device_id("not json", "x"), "not json");
+    }
+}
