@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use tokio::sync::{Mutex, Notify, watch};
 use tokio_util::sync::CancellationToken;
+use woa_common::backoff::Backoff;
 use woa_common::margo::{ComponentStatus, DeploymentState, DeploymentStatusManifest, StatusError};
 use woa_common::store;
 use woa_proto::v1 as pb;
@@ -21,6 +22,10 @@ use crate::plan::{self, Awaited, Step};
 use crate::runtime::{ContainerPlan, ContainerRuntime, Observed, ObservedContainer, Owner};
 use crate::spec::Condition;
 use crate::{Error, Result};
+
+/// First retry delay after a failed pass; later ones double up to the resync interval, with
+/// jitter that spreads the retries of many devices after a shared outage.
+const RETRY_BASE: Duration = Duration::from_millis(500);
 
 /// How long a container may take to reach the condition a dependent waits for.
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -137,7 +142,7 @@ impl<R: ContainerRuntime> Agent<R> {
     /// Reconciles until `cancel`: after every apply, every resync interval, and with growing
     /// delays while the engine fails.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
-        let mut failures = 0u32;
+        let mut backoff = Backoff::new(RETRY_BASE, self.settings.resync_interval);
         loop {
             let started = std::time::Instant::now();
             let result = self.reconcile_once().await;
@@ -150,13 +155,13 @@ impl<R: ContainerRuntime> Agent<R> {
             self.metrics.pass(result.is_ok(), micros);
             let delay = match result {
                 Ok(()) => {
-                    failures = 0;
+                    backoff.reset();
                     self.settings.resync_interval
                 }
                 Err(e) => {
-                    failures += 1;
-                    tracing::warn!(error = %e, failures, "reconcile pass failed");
-                    backoff(failures).min(self.settings.resync_interval)
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, failures = backoff.failures(), "reconcile pass failed");
+                    delay
                 }
             };
             tokio::select! {
@@ -439,17 +444,6 @@ impl<R: ContainerRuntime> Agent<R> {
             changed
         });
     }
-}
-
-fn backoff(failures: u32) -> Duration {
-    let base = Duration::from_millis(500) * 2u32.saturating_pow(failures.min(8));
-    // Jitter spreads retries of many devices after a shared outage.
-    base + Duration::from_millis(rand_jitter(base.as_millis() as u64 / 4))
-}
-
-fn rand_jitter(max: u64) -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::SystemTime::now()) % max.max(1)
 }
 
 /// Documents of `d` that could not name a deployment.
