@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::AUTHORIZATION;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
+use woa_common::tls::Trust;
 
 use crate::error::{Error, Result};
 
@@ -179,43 +178,8 @@ impl fmt::Debug for PackageFetcher {
 impl PackageFetcher {
     /// Builds the HTTPS client: trusts the system's CAs plus every CA in `config.ca`.
     pub fn new(config: &PackageConfig) -> Result<Self> {
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        for error in &native.errors {
-            tracing::warn!(%error, "could not load some of the system's CA certificates");
-        }
-        let (added, ignored) = roots.add_parsable_certificates(native.certs);
-        if ignored > 0 {
-            tracing::warn!(ignored, "ignored unparsable system CA certificates");
-        }
-        if added == 0 && config.ca.is_empty() {
-            tracing::warn!("no trusted CA certificates: https package downloads will fail");
-        }
-        for path in &config.ca {
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
-                .map_err(|e| Error::Setup(format!("packages.ca {}: {e}", path.display())))?;
-            if certs.is_empty() {
-                return Err(Error::Setup(format!(
-                    "packages.ca {}: no PEM certificate in the file",
-                    path.display()
-                )));
-            }
-            for cert in certs {
-                roots
-                    .add(cert)
-                    .map_err(|e| Error::Setup(format!("packages.ca {}: {e}", path.display())))?;
-            }
-        }
-        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Setup(format!("TLS setup for package downloads: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        // reqwest leaves ALPN to us with a preconfigured config; without it we'd never get h2.
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let tls = woa_common::tls::client_config(Trust::SystemAnd(&config.ca), None)
+            .map_err(|e| Error::Setup(format!("packages.ca: {e}")))?;
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             // Also refuses redirects to http://, which would leak the download to the network.
