@@ -25,7 +25,7 @@ enum Command {
     /// Print this device's unique id (made on first use).
     DeviceId,
     /// Set up trust with the WOS: with an enrollment token, or from pre-provisioned files.
-    Enroll(EnrollArgs),
+    Enroll(Box<EnrollArgs>),
 }
 
 #[derive(Args)]
@@ -91,7 +91,7 @@ fn main() -> ExitCode {
         Command::DeviceId => woa_sync::device_id(&config.state_dir)
             .map(|id| println!("{id}"))
             .map_err(anyhow::Error::from),
-        Command::Enroll(args) => block_on(enroll(&config.state_dir, args)),
+        Command::Enroll(args) => block_on(enroll(&config.state_dir, *args)),
         Command::Run => block_on(async {
             let cancel = woa_common::shutdown::on_signal();
             woa_sync::run(config, cancel).await
