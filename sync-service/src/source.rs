@@ -13,10 +13,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::prelude::BASE64_STANDARD;
 use gix::protocol::transport::client::blocking_io::http;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use woa_common::tls::Trust;
 
 /// The local ref that holds the fetched tip, whatever the configured branch is called.
 const TIP_REF: &str = "refs/woa/desired-state";
@@ -131,6 +132,9 @@ pub enum SourceError {
         /// Why it cannot be used.
         reason: String,
     },
+    /// The CA bundle or the client certificate and key cannot be used.
+    #[error(transparent)]
+    Tls(woa_common::Error),
     /// The server could not be reached: connection, TLS or timeout.
     #[error("cannot reach the repository {url} (branch {branch}): {cause}")]
     Unreachable {
@@ -725,14 +729,6 @@ fn read_secret(what: &'static str, path: &Path) -> Result<String, SourceError> {
     Ok(secret)
 }
 
-fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, SourceError> {
-    std::fs::read(path).map_err(|err| SourceError::CredentialFile {
-        what,
-        path: path.to_owned(),
-        reason: err.to_string(),
-    })
-}
-
 /// The `Authorization` header for `auth`, marked sensitive so it is never logged.
 fn authorization(auth: &RepoAuth) -> Result<Option<HeaderValue>, SourceError> {
     let (value, what, path) = match auth {
@@ -744,7 +740,7 @@ fn authorization(auth: &RepoAuth) -> Result<Option<HeaderValue>, SourceError> {
             let password = read_secret("password", password_file)?;
             let value = format!(
                 "Basic {}",
-                base64(format!("{username}:{password}").as_bytes())
+                BASE64_STANDARD.encode(format!("{username}:{password}"))
             );
             (value, "password", password_file)
         }
@@ -762,106 +758,15 @@ fn authorization(auth: &RepoAuth) -> Result<Option<HeaderValue>, SourceError> {
     Ok(Some(value))
 }
 
-/// Standard base64 with padding, for the basic authentication header.
-fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// The rustls configuration: the configured CA bundle (or the system roots) and, for mutual
 /// TLS, the client certificate.
 fn tls_config(access: &RepoAccess) -> Result<rustls::ClientConfig, SourceError> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &access.ca {
-        Some(path) => {
-            let unusable = |reason: String| SourceError::CredentialFile {
-                what: "CA certificate",
-                path: path.clone(),
-                reason,
-            };
-            let pem = read_file("CA certificate", path)?;
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|err| unusable(format!("not valid PEM: {err}")))?;
-                roots
-                    .add(cert)
-                    .map_err(|err| unusable(format!("not a usable CA certificate: {err}")))?;
-            }
-            if roots.is_empty() {
-                return Err(unusable("it holds no certificate".to_owned()));
-            }
-        }
-        None => {
-            let native = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(native.certs);
-            if roots.is_empty() {
-                return Err(SourceError::Unreachable {
-                    url: without_credentials(&access.url),
-                    branch: access.branch.clone(),
-                    cause: "no system CA certificates were found; configure a CA bundle".to_owned(),
-                });
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|err| SourceError::Unreachable {
-            url: without_credentials(&access.url),
-            branch: access.branch.clone(),
-            cause: format!("TLS setup failed: {err}"),
-        })?
-        .with_root_certificates(roots);
-    match &access.auth {
-        RepoAuth::Mtls { cert, key } => {
-            let cert_pem = read_file("client certificate", cert)?;
-            let chain = CertificateDer::pem_slice_iter(&cert_pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|err| SourceError::CredentialFile {
-                    what: "client certificate",
-                    path: cert.clone(),
-                    reason: format!("not valid PEM: {err}"),
-                })?;
-            if chain.is_empty() {
-                return Err(SourceError::CredentialFile {
-                    what: "client certificate",
-                    path: cert.clone(),
-                    reason: "it holds no certificate".to_owned(),
-                });
-            }
-            let key_pem = read_file("client key", key)?;
-            let private_key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|err| {
-                SourceError::CredentialFile {
-                    what: "client key",
-                    path: key.clone(),
-                    reason: format!("no usable PEM private key: {err}"),
-                }
-            })?;
-            builder
-                .with_client_auth_cert(chain, private_key)
-                .map_err(|err| SourceError::CredentialFile {
-                    what: "client key",
-                    path: key.clone(),
-                    reason: format!("it does not fit the client certificate: {err}"),
-                })
-        }
-        _ => Ok(builder.with_no_client_auth()),
-    }
+    let trust = access.ca.as_deref().map_or(Trust::System, Trust::Bundle);
+    let identity = match &access.auth {
+        RepoAuth::Mtls { cert, key } => Some((cert.as_path(), key.as_path())),
+        _ => None,
+    };
+    woa_common::tls::client_config(trust, identity).map_err(SourceError::Tls)
 }
 
 /// The reqwest backend options for gix: TLS, credentials and timeouts. Secret files are read
@@ -1649,16 +1554,8 @@ server.serve_forever()
         let mut access = server.access();
         access.ca = Some(server.dir.path().join("password"));
         let error = mirror.fetch(&access).unwrap_err();
-        assert!(
-            matches!(
-                error,
-                SourceError::CredentialFile {
-                    what: "CA certificate",
-                    ..
-                }
-            ),
-            "{error:?}"
-        );
+        assert!(matches!(error, SourceError::Tls(_)), "{error:?}");
+        assert!(error.to_string().contains("no PEM certificate"), "{error}");
     }
 
     #[test]
@@ -1742,21 +1639,5 @@ server.serve_forever()
         fn send_and_sync<T: Send + Sync>() {}
         send_and_sync::<Mirror>();
         send_and_sync::<SourceError>();
-    }
-
-    #[test]
-    fn base64_matches_the_standard_vectors() {
-        for (input, expected) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-            ("woa:s3cret", "d29hOnMzY3JldA=="),
-        ] {
-            assert_eq!(base64(input.as_bytes()), expected, "{input}");
-        }
     }
 }

@@ -1,4 +1,5 @@
-//! Finding the programs the tests drive: `woa-deploy` (built once per test process) and grpcurl.
+//! Finding the programs the tests drive: the workspace's binaries (built once per test
+//! process) and grpcurl.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,18 +10,40 @@ use anyhow::{Context, Result, anyhow};
 use crate::util::run;
 
 /// The `woa-deploy` binary of this workspace, built on first use.
-///
-/// Integration tests cannot depend on another crate's binary, so the kit runs
-/// `cargo build -p woa-deploy` itself, into the target dir the tests run from.
 pub(crate) fn woa_deploy() -> Result<&'static Path> {
     static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BINARY
-        .get_or_init(|| build_woa_deploy().map_err(|err| format!("{err:#}")))
+    built(&BINARY, "woa-deploy", "woa-deploy")
+}
+
+/// The `woa-testkit` binary (the reference WOS, ...), built on first use.
+pub(crate) fn woa_testkit() -> Result<&'static Path> {
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    built(&BINARY, "woa-tests", "woa-testkit")
+}
+
+/// The `woa-sync` binary of this workspace, built on first use.
+pub(crate) fn woa_sync() -> Result<&'static Path> {
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    built(&BINARY, "woa-sync", "woa-sync")
+}
+
+/// Builds `bin` of `package` once per test process and remembers the outcome in `cell`.
+fn built(
+    cell: &'static OnceLock<Result<PathBuf, String>>,
+    package: &str,
+    bin: &str,
+) -> Result<&'static Path> {
+    cell.get_or_init(|| build_binary(package, bin).map_err(|err| format!("{err:#}")))
         .as_deref()
         .map_err(|err| anyhow!("{err}"))
 }
 
-fn build_woa_deploy() -> Result<PathBuf> {
+/// Runs `cargo build -p <package> --bin <bin>` into the target dir the tests run from and
+/// returns the binary's path.
+///
+/// Integration tests cannot depend on another crate's binary (and the kit's library cannot see
+/// `CARGO_BIN_EXE_*`), so the kit builds what it starts itself.
+pub(crate) fn build_binary(package: &str, bin: &str) -> Result<PathBuf> {
     let target_dir = target_dir()?;
     // Read at run time: a build cached from another checkout of the workspace (sharing the
     // target dir) would otherwise carry that checkout's path and build its sources.
@@ -32,20 +55,13 @@ fn build_woa_deploy() -> Result<PathBuf> {
         .context("the tests crate lives inside the workspace")?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     run(Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "woa-deploy",
-            "--bin",
-            "woa-deploy",
-        ])
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
         .arg("--manifest-path")
         .arg(workspace.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir))
-    .context("building woa-deploy")?;
-    Ok(target_dir.join("debug").join("woa-deploy"))
+    .with_context(|| format!("building {bin}"))?;
+    Ok(target_dir.join("debug").join(bin))
 }
 
 /// The cargo target dir, from this test executable's path (`<target>/debug/deps/<test>`).

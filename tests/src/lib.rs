@@ -12,7 +12,10 @@ mod docker;
 mod image;
 mod pki;
 mod registry;
+mod sync;
 mod util;
+pub mod wos;
+mod wos_server;
 
 pub use archive::tar_gz;
 pub use deploy::{Deploy, DeployOptions, Identity};
@@ -21,4 +24,6 @@ pub use docker::{Cleanup, Container, containers, networks, remove_container};
 pub use image::testapp_image;
 pub use pki::Pki;
 pub use registry::{Registry, RegistryLogin};
+pub use sync::{Sync, SyncOptions};
 pub use util::{Outcome, base64, free_port, http_get, new_deployment_id, wait_until};
+pub use wos_server::{RepoAuthKind, WosServer, WosServerOptions};

@@ -1,0 +1,452 @@
+//! The whole loop on real parts: the reference WOS (git http-backend behind HTTPS, and the
+//! REST API), woa-sync enrolled with it, woa-deploy on the real Docker engine.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::{Value, json};
+use woa_tests::{
+    AppDeployment, Cleanup, Deploy, DeployOptions, RepoAuthKind, Sync, SyncOptions, WosServer,
+    WosServerOptions, containers, http_get, testapp_image, wait_until,
+};
+
+/// Long enough for a slow, busy machine; a passing step takes a few seconds.
+const CONVERGE: Duration = Duration::from_secs(60);
+
+/// The parts of one device and its WOS.
+struct Rig {
+    wos: WosServer,
+    deploy: Deploy,
+    sync: Sync,
+    client: String,
+    cleanup: Cleanup,
+}
+
+impl Rig {
+    /// A WOS, a deployment service, and a sync service enrolled with a token and running.
+    fn start(repo_auth: RepoAuthKind, options: SyncOptions) -> Result<Rig> {
+        let wos = WosServer::start(WosServerOptions {
+            repo_auth,
+            ..WosServerOptions::default()
+        })?;
+        let deploy = Deploy::start_with(&DeployOptions {
+            resync_interval: Some("2s".into()),
+            ..DeployOptions::default()
+        })?;
+        let mut sync = Sync::new(&deploy, &options)?;
+        sync.enroll(&wos.url(), wos.token(), &wos.ca_path())?;
+        let client = sync.client_id()?;
+        sync.start()?;
+        Ok(Rig {
+            wos,
+            deploy,
+            sync,
+            client,
+            cleanup: Cleanup::new(),
+        })
+    }
+
+    /// Commits `app` answering `message` on a published port; returns the commit id.
+    fn commit_app(&self, app: &AppDeployment, name: &str, message: &str) -> Result<String> {
+        let document = format!("deployments/{name}.yaml");
+        let compose_path = format!("apps/{name}/compose.yaml");
+        let compose = web(testapp_image()?, message);
+        self.wos.commit(
+            &self.client,
+            &[
+                (document.as_str(), Some(app.to_yaml().as_bytes())),
+                (compose_path.as_str(), Some(compose.as_bytes())),
+            ],
+            &format!("{name}: {message}"),
+        )
+    }
+
+    /// An app named `name` with a fresh deployment id, packaged at `apps/<name>`.
+    fn app(&self, name: &str) -> Result<AppDeployment> {
+        Ok(AppDeployment::new(&self.cleanup.deployment_id()?, name)
+            .component("web", &format!("apps/{name}/compose.yaml")))
+    }
+
+    /// The latest status the WOS holds for `deployment_id`.
+    fn wos_status(&self, deployment_id: &str) -> Result<Option<Value>> {
+        let device = self.wos.device(&self.client)?;
+        Ok(device["deployments"]
+            .get(deployment_id)
+            .filter(|s| !s.is_null())
+            .cloned())
+    }
+
+    /// Waits until the WOS has `state` for `deployment_id` at `revision`.
+    fn wait_for_wos(&self, deployment_id: &str, revision: &str, state: &str) -> Result<Value> {
+        let mut last = None;
+        let found = wait_until(CONVERGE, || {
+            let status = self.wos_status(deployment_id)?;
+            let done = status
+                .as_ref()
+                .filter(|s| s["revision"] == revision && s["status"]["state"] == state)
+                .cloned();
+            last = status;
+            Ok(done)
+        });
+        found.with_context(|| {
+            format!("the WOS never saw {deployment_id} {state} at {revision}; last: {last:#?}")
+        })
+    }
+
+    /// What the app of `deployment_id` answers on its published port.
+    fn answer(&self, deployment_id: &str) -> Result<String> {
+        let containers = containers(deployment_id)?;
+        let port = containers
+            .iter()
+            .find_map(|c| c.host_port(8080))
+            .with_context(|| format!("no published port: {containers:?}"))?;
+        Ok(http_get(port, "/")?.1)
+    }
+
+    /// Waits until the app answers `message`.
+    fn wait_for_answer(&self, deployment_id: &str, message: &str) -> Result<()> {
+        wait_until(CONVERGE, || {
+            Ok(self
+                .answer(deployment_id)
+                .ok()
+                .filter(|a| a.trim() == message)
+                .map(|_| ()))
+        })
+        .with_context(|| format!("{deployment_id} never answered {message:?}"))
+    }
+}
+
+/// One web service answering `message`, published on a loopback port.
+fn web(image: &str, message: &str) -> String {
+    format!(
+        "services:\n  web:\n    image: {image}\n    command: [\"serve\", \"8080\"]\n    \
+         environment:\n      MESSAGE: {message:?}\n    ports: [\"127.0.0.1::8080\"]\n"
+    )
+}
+
+/// Ids of the containers of a deployment, to show that nothing was restarted.
+fn container_ids(deployment_id: &str) -> Result<Vec<String>> {
+    let mut ids: Vec<String> = containers(deployment_id)?
+        .iter()
+        .map(|c| c.id.clone())
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+#[test]
+fn an_enrolled_device_runs_updates_and_removes_what_is_committed() -> Result<()> {
+    let rig = Rig::start(RepoAuthKind::Basic, SyncOptions::default())?;
+
+    // Enrolling again is safe: the same client, still one device at the WOS.
+    rig.sync
+        .enroll(&rig.wos.url(), rig.wos.token(), &rig.wos.ca_path())?;
+    assert_eq!(rig.sync.client_id()?, rig.client);
+    let devices = rig.wos.devices()?;
+    assert_eq!(devices.len(), 1, "{devices:#?}");
+
+    let app = rig.app("hello")?;
+    let c1 = rig.commit_app(&app, "hello", "v1")?;
+    let status = rig.wait_for_wos(app.id(), &c1, "installed")?;
+    assert_eq!(status["components"][0]["name"], "web", "{status:#}");
+    rig.wait_for_answer(app.id(), "v1")?;
+
+    // Capabilities arrived, naming this device.
+    let device_id = String::from_utf8(rig.sync.command(&["device-id"])?.stdout)?;
+    let device = rig.wos.device(&rig.client)?;
+    assert_eq!(
+        device["capabilities"]["properties"]["id"],
+        device_id.trim(),
+        "{device:#}"
+    );
+
+    let c2 = rig.commit_app(&app, "hello", "v2")?;
+    rig.wait_for_wos(app.id(), &c2, "installed")?;
+    rig.wait_for_answer(app.id(), "v2")?;
+
+    // A force-pushed branch is followed, even back to an older commit.
+    rig.wos.force_push(&rig.client, &c1)?;
+    rig.wait_for_wos(app.id(), &c1, "installed")?;
+    rig.wait_for_answer(app.id(), "v1")?;
+
+    // A deleted mirror is rebuilt.
+    std::fs::remove_dir_all(rig.sync.state_dir().join("mirror.git"))?;
+    let c3 = rig.commit_app(&app, "hello", "v3")?;
+    rig.wait_for_wos(app.id(), &c3, "installed")?;
+    rig.wait_for_answer(app.id(), "v3")?;
+
+    let c4 = rig.wos.commit(
+        &rig.client,
+        &[("deployments/hello.yaml", None)],
+        "remove hello",
+    )?;
+    rig.wait_for_wos(app.id(), &c4, "removed")?;
+    ensure!(containers(app.id())?.is_empty(), "containers left behind");
+    Ok(())
+}
+
+#[test]
+fn statuses_made_while_the_wos_is_unreachable_arrive_after_it_returns() -> Result<()> {
+    let mut rig = Rig::start(RepoAuthKind::Basic, SyncOptions::default())?;
+    let app = rig.app("steady")?;
+    let c1 = rig.commit_app(&app, "steady", "v1")?;
+    rig.wait_for_wos(app.id(), &c1, "installed")?;
+
+    // The API is down (the repository is not): the new revision rolls out, its statuses wait
+    // in the outbox, also across a crash of woa-sync.
+    rig.wos.set_fault(json!({"mode": "down", "scope": "api"}))?;
+    let c2 = rig.commit_app(&app, "steady", "v2")?;
+    rig.wait_for_answer(app.id(), "v2")?;
+    rig.deploy.wait_for(app.id(), &c2, "INSTALLED")?;
+    rig.sync.kill9()?;
+    let outbox = std::fs::read_to_string(rig.sync.state_dir().join("outbox.json"))?;
+    assert!(outbox.contains(&c2), "the outbox lost the status: {outbox}");
+    rig.sync.start()?;
+    std::thread::sleep(Duration::from_secs(2));
+    let seen = rig.wos_status(app.id())?.context("no status at all")?;
+    assert_eq!(
+        seen["revision"], c1,
+        "delivered through a down API? {seen:#}"
+    );
+    rig.wos.set_fault(json!({"mode": "none"}))?;
+    rig.wait_for_wos(app.id(), &c2, "installed")?;
+
+    // The whole WOS stops for a while: the app keeps running, woa-sync keeps running, and it
+    // reports again once the WOS is back.
+    let running = container_ids(app.id())?;
+    rig.wos.stop()?;
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(container_ids(app.id())?, running);
+    assert!(
+        rig.sync.is_running(),
+        "woa-sync gave up while the WOS was down"
+    );
+    rig.wos.start_again()?;
+    let history_before = rig.wos.device(&rig.client)?["statusHistory"]
+        .as_array()
+        .map_or(0, Vec::len);
+    wait_until(CONVERGE, || {
+        let history = rig.wos.device(&rig.client)?["statusHistory"]
+            .as_array()
+            .map_or(0, Vec::len);
+        Ok((history > history_before).then_some(()))
+    })
+    .context("no status after the WOS came back")?;
+
+    // The deployment service restarts meanwhile a change arrives: nothing is lost.
+    rig.deploy.kill9()?;
+    let c3 = rig.commit_app(&app, "steady", "v3")?;
+    std::thread::sleep(Duration::from_secs(3));
+    rig.deploy.restart()?;
+    rig.wait_for_wos(app.id(), &c3, "installed")?;
+    rig.wait_for_answer(app.id(), "v3")?;
+    Ok(())
+}
+
+#[test]
+fn wrong_repository_credentials_are_reported_without_a_crash_loop() -> Result<()> {
+    let mut rig = Rig::start(RepoAuthKind::Basic, SyncOptions::default())?;
+    let app = rig.app("kept")?;
+    let c1 = rig.commit_app(&app, "kept", "v1")?;
+    rig.wait_for_wos(app.id(), &c1, "installed")?;
+    let running = container_ids(app.id())?;
+    let secret_file = rig.sync.state_dir().join("repository-secret");
+    let old_secret = std::fs::read_to_string(&secret_file)?;
+
+    // The WOS rotates the credentials: the device's are wrong now.
+    let granted = rig.wos.rotate_credentials(&rig.client)?;
+    let mut last = None;
+    let status = wait_until(CONVERGE, || {
+        let status = rig.wos_status(app.id())?;
+        let done = status
+            .as_ref()
+            .filter(|s| s["status"]["error"]["code"] == "ERR_REPOSITORY_AUTH")
+            .cloned();
+        last = status;
+        Ok(done)
+    })
+    .with_context(|| format!("the WOS never learned of the refused credentials: {last:#?}"))?;
+    assert_eq!(status["status"]["state"], "installed", "{status:#}");
+    let message = status["status"]["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("401"), "{status:#}");
+
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(rig.sync.is_running(), "woa-sync exited");
+    let log = rig.sync.log();
+    let errors = log
+        .matches("polling the desired-state repository failed")
+        .count();
+    assert_eq!(errors, 1, "one error per problem, not one per poll:\n{log}");
+    assert!(!log.contains(old_secret.trim()), "a secret in the log");
+    assert_eq!(container_ids(app.id())?, running);
+
+    // With the new secret in place, the error clears.
+    let new_secret = granted["password"]
+        .as_str()
+        .context("rotation returned no password")?;
+    std::fs::write(&secret_file, new_secret)?;
+    let c2 = rig.commit_app(&app, "kept", "v2")?;
+    let status = rig.wait_for_wos(app.id(), &c2, "installed")?;
+    assert!(status["status"].get("error").is_none(), "{status:#}");
+    assert!(!rig.sync.log().contains(new_secret), "a secret in the log");
+    Ok(())
+}
+
+#[test]
+fn a_malformed_deployment_fails_alone_naming_its_file() -> Result<()> {
+    let rig = Rig::start(RepoAuthKind::Basic, SyncOptions::default())?;
+    let good = rig.app("good")?;
+    let bad = rig.app("bad")?;
+    rig.commit_app(&good, "good", "fine")?;
+    let c1 = rig.commit_app(&bad, "bad", "fine")?;
+    rig.wait_for_wos(good.id(), &c1, "installed")?;
+    rig.wait_for_wos(bad.id(), &c1, "installed")?;
+    let running = container_ids(good.id())?;
+
+    let path = "deployments/bad.yaml";
+    let c2 = rig.wos.commit(
+        &rig.client,
+        &[(
+            path,
+            Some(b"metadata: [unclosed\n  annotations: {id: lost".as_slice()),
+        )],
+        "break bad",
+    )?;
+    let status = rig.wait_for_wos(bad.id(), &c2, "failed")?;
+    let message = status["status"]["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains(path), "{status:#}");
+    rig.wait_for_wos(good.id(), &c2, "installed")?;
+    assert_eq!(container_ids(good.id())?, running);
+    // The last good version of the broken one keeps running too.
+    rig.wait_for_answer(bad.id(), "fine")?;
+    Ok(())
+}
+
+#[test]
+fn no_request_is_made_outside_the_polling_windows() -> Result<()> {
+    // A window two days from now never contains the present, whatever the time of day.
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        / 86_400;
+    // 1970-01-01 was a Thursday.
+    let day = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][((days + 2) % 7) as usize];
+    let rig = Rig::start(
+        RepoAuthKind::Bearer,
+        SyncOptions {
+            windows: vec![format!("{day} 00:00-24:00 UTC")],
+            ..SyncOptions::default()
+        },
+    )?;
+    let app = rig.app("waits")?;
+    rig.wos.clear_requests()?;
+    rig.commit_app(&app, "waits", "v1")?;
+    std::thread::sleep(Duration::from_secs(5));
+    let requests = rig.wos.requests()?;
+    let git: Vec<&Value> = requests
+        .iter()
+        .filter(|r| r["path"].as_str().is_some_and(|p| p.starts_with("/git/")))
+        .collect();
+    assert!(git.is_empty(), "polled outside the window: {git:#?}");
+    ensure!(
+        containers(app.id())?.is_empty(),
+        "applied outside the window"
+    );
+
+    // The same device with an always-open window polls (bearer auth) and applies.
+    let mut rig = rig;
+    rig.sync.kill9()?;
+    let mut open = Sync::new(&rig.deploy, &SyncOptions::default())?;
+    std::fs::create_dir_all(open.state_dir())?;
+    // Same device id, so the WOS knows it as the same client.
+    std::fs::copy(
+        rig.sync.state_dir().join("device-id"),
+        open.state_dir().join("device-id"),
+    )?;
+    open.enroll(&rig.wos.url(), rig.wos.token(), &rig.wos.ca_path())?;
+    assert_eq!(open.client_id()?, rig.client);
+    open.start()?;
+    rig.wait_for_answer(app.id(), "v1")?;
+    let requests = rig.wos.requests()?;
+    assert!(
+        requests
+            .iter()
+            .any(|r| r["path"].as_str().is_some_and(|p| p.starts_with("/git/"))),
+        "no git request at all"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_pre_provisioned_device_enrolls_manually_and_pulls_with_its_certificate() -> Result<()> {
+    let wos = WosServer::start(WosServerOptions {
+        repo_auth: RepoAuthKind::Mtls,
+        ..WosServerOptions::default()
+    })?;
+    let deploy = Deploy::start()?;
+    let mut sync = Sync::new(&deploy, &SyncOptions::default())?;
+    let device_id = String::from_utf8(sync.command(&["device-id"])?.stdout)?;
+    let provisioned = wos.provision(device_id.trim())?;
+    let files = tempfile::tempdir()?;
+    let cert = files.path().join("device.pem");
+    let key = files.path().join("device-key.pem");
+    std::fs::write(&cert, provisioned["certificate"].as_str().unwrap_or(""))?;
+    std::fs::write(&key, provisioned["privateKey"].as_str().unwrap_or(""))?;
+    let client = provisioned["clientId"].as_str().context("no clientId")?;
+    let repo_url = provisioned["repository"]["url"]
+        .as_str()
+        .context("no repository url")?;
+    let output = sync.command(&[
+        "enroll",
+        "--manual",
+        "--wos",
+        &wos.url(),
+        "--ca",
+        &wos.ca_path().display().to_string(),
+        "--client-id",
+        client,
+        "--cert",
+        &cert.display().to_string(),
+        "--key",
+        &key.display().to_string(),
+        "--repo-url",
+        repo_url,
+        "--repo-auth",
+        "mtls",
+    ])?;
+    ensure!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let key_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(sync.state_dir().join("device-key.pem"))?.permissions(),
+    );
+    assert_eq!(key_mode & 0o777, 0o600);
+    sync.start()?;
+
+    let rig_cleanup = Cleanup::new();
+    let app = AppDeployment::new(&rig_cleanup.deployment_id()?, "manual")
+        .component("web", "apps/manual/compose.yaml");
+    let commit = wos.commit(
+        client,
+        &[
+            ("deployments/manual.yaml", Some(app.to_yaml().as_bytes())),
+            (
+                "apps/manual/compose.yaml",
+                Some(web(testapp_image()?, "manual").as_bytes()),
+            ),
+        ],
+        "manual app",
+    )?;
+    wait_until(CONVERGE, || {
+        let device = wos.device(client)?;
+        let status = &device["deployments"][app.id()];
+        Ok(
+            (status["revision"] == commit.as_str() && status["status"]["state"] == "installed")
+                .then_some(()),
+        )
+    })
+    .context("never installed at the WOS")?;
+    Ok(())
+}
