@@ -86,6 +86,7 @@ impl Reporter {
         let mut backoff = Backoff::new(Duration::from_secs(1), RETRY_CAP);
         let mut retry_at: Option<tokio::time::Instant> = None;
         let mut have_capabilities = false;
+        let mut saved = outbox.clone();
         loop {
             let mut full = false;
             tokio::select! {
@@ -120,21 +121,28 @@ impl Reporter {
                     }
                 }
             }
-            retry_at = match self.deliver(&mut outbox).await {
-                Ok(()) => {
-                    backoff.reset();
-                    None
+            // Inside a wait the WOS asked for (or a backoff), nothing is sent; the outbox
+            // keeps collecting and is delivered when the wait is over.
+            let waiting = retry_at.is_some_and(|at| at > tokio::time::Instant::now());
+            if !waiting {
+                retry_at = match self.deliver(&mut outbox).await {
+                    Ok(()) => {
+                        backoff.reset();
+                        None
+                    }
+                    Err(wait) => Some(
+                        tokio::time::Instant::now() + wait.unwrap_or_else(|| backoff.next_delay()),
+                    ),
+                };
+            }
+            if outbox != saved {
+                match save_json(&self.outbox_path, &outbox) {
+                    Ok(()) => saved = outbox.clone(),
+                    Err(e) => tracing::error!(error = %e, "could not persist the status outbox"),
                 }
-                Err(wait) => {
-                    Some(tokio::time::Instant::now() + wait.unwrap_or_else(|| backoff.next_delay()))
-                }
-            };
-            if let Err(e) = save_json(&self.outbox_path, &outbox) {
-                tracing::error!(error = %e, "could not persist the status outbox");
             }
         }
         watcher.abort();
-        save_json(&self.outbox_path, &outbox)?;
         Ok(())
     }
 

@@ -189,7 +189,32 @@ fn an_enrolled_device_runs_updates_and_removes_what_is_committed() -> Result<()>
 fn statuses_made_while_the_wos_is_unreachable_arrive_after_it_returns() -> Result<()> {
     let mut rig = Rig::start(RepoAuthKind::Basic, SyncOptions::default())?;
     let app = rig.app("steady")?;
+    let c0 = rig.commit_app(&app, "steady", "v0")?;
+    rig.wait_for_wos(app.id(), &c0, "installed")?;
+
+    // The WOS asks for a pause (503 with Retry-After): no request to the API before it ends.
+    rig.wos
+        .set_fault(json!({"mode": "unavailable", "retryAfter": 3, "scope": "api"}))?;
+    rig.wos.clear_requests()?;
     let c1 = rig.commit_app(&app, "steady", "v1")?;
+    rig.deploy.wait_for(app.id(), &c1, "INSTALLED")?;
+    std::thread::sleep(Duration::from_secs(8));
+    let times = rig
+        .wos
+        .requests()?
+        .iter()
+        .filter(|r| r["path"].as_str().is_some_and(|p| p.starts_with("/api/")))
+        .map(|r| r["at"].as_str().unwrap_or_default().parse())
+        .collect::<Result<Vec<jiff::Timestamp>, _>>()?;
+    ensure!(times.len() >= 2, "the API was not retried: {times:?}");
+    for pair in times.windows(2) {
+        let gap = pair[1].duration_since(pair[0]);
+        ensure!(
+            gap >= jiff::SignedDuration::from_millis(2900),
+            "asked again after {gap:?}, before the 3 s the WOS asked for: {times:?}"
+        );
+    }
+    rig.wos.set_fault(json!({"mode": "none"}))?;
     rig.wait_for_wos(app.id(), &c1, "installed")?;
 
     // The API is down (the repository is not): the new revision rolls out, its statuses wait
@@ -323,7 +348,7 @@ fn a_malformed_deployment_fails_alone_naming_its_file() -> Result<()> {
 }
 
 #[test]
-fn no_request_is_made_outside_the_polling_windows() -> Result<()> {
+fn no_request_is_made_outside_the_polling_windows_or_in_downtime() -> Result<()> {
     // A window two days from now never contains the present, whatever the time of day.
     let days = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -353,19 +378,24 @@ fn no_request_is_made_outside_the_polling_windows() -> Result<()> {
         "applied outside the window"
     );
 
-    // The same device with an always-open window polls (bearer auth) and applies.
+    // Inside a downtime window nothing at all is sent, neither polls nor statuses.
     let mut rig = rig;
     rig.sync.kill9()?;
-    let mut open = Sync::new(&rig.deploy, &SyncOptions::default())?;
-    std::fs::create_dir_all(open.state_dir())?;
-    // Same device id, so the WOS knows it as the same client.
-    std::fs::copy(
-        rig.sync.state_dir().join("device-id"),
-        open.state_dir().join("device-id"),
+    let down = same_device(
+        &rig,
+        &SyncOptions {
+            downtime: vec!["* 00:00-24:00".into()],
+            ..SyncOptions::default()
+        },
     )?;
-    open.enroll(&rig.wos.url(), rig.wos.token(), &rig.wos.ca_path())?;
-    assert_eq!(open.client_id()?, rig.client);
-    open.start()?;
+    rig.wos.clear_requests()?;
+    std::thread::sleep(Duration::from_secs(5));
+    let requests = rig.wos.requests()?;
+    assert!(requests.is_empty(), "requests in downtime: {requests:#?}");
+    drop(down);
+
+    // The same device with an always-open window polls (bearer auth) and applies.
+    let _open = same_device(&rig, &SyncOptions::default())?;
     rig.wait_for_answer(app.id(), "v1")?;
     let requests = rig.wos.requests()?;
     assert!(
@@ -375,6 +405,23 @@ fn no_request_is_made_outside_the_polling_windows() -> Result<()> {
         "no git request at all"
     );
     Ok(())
+}
+
+/// Another woa-sync process for the device of `rig` (same device id, enrolled again), started.
+fn same_device(rig: &Rig, options: &SyncOptions) -> Result<Sync> {
+    let mut sync = Sync::new(&rig.deploy, options)?;
+    std::fs::create_dir_all(sync.state_dir())?;
+    std::fs::copy(
+        rig.sync.state_dir().join("device-id"),
+        sync.state_dir().join("device-id"),
+    )?;
+    sync.enroll(&rig.wos.url(), rig.wos.token(), &rig.wos.ca_path())?;
+    ensure!(
+        sync.client_id()? == rig.client,
+        "enrolled as another client"
+    );
+    sync.start()?;
+    Ok(sync)
 }
 
 #[test]
