@@ -88,8 +88,10 @@ pub async fn with_token(state_dir: &Path, request: TokenEnrollment<'_>) -> Resul
             .map(|ca| std::fs::read(ca).map_err(|e| woa_common::Error::file(ca, e)))
             .transpose()?
     };
-    if let Some(bundle) = ca_bundle {
-        write_atomic(&layout.wos_ca(), &bundle, 0o644)?;
+    match ca_bundle {
+        Some(bundle) => write_atomic(&layout.wos_ca(), &bundle, 0o644)?,
+        // The system roots vouch for this WOS: a CA pinned by an earlier enrollment must go.
+        None => remove_if_present(&layout.wos_ca())?,
     }
     let repository = answer.repository;
     let auth = repository.auth.as_ref();
@@ -104,12 +106,14 @@ pub async fn with_token(state_dir: &Path, request: TokenEnrollment<'_>) -> Resul
             )));
         }
     };
-    if let Some(secret) = secret {
-        write_atomic(&layout.repository_secret(), secret.as_bytes(), 0o600)?;
-    } else if kind == "basic" || kind == "bearer" {
-        return Err(Error::Enrollment(format!(
-            "the WOS granted {kind} repository auth without a secret"
-        )));
+    match secret {
+        Some(secret) => write_atomic(&layout.repository_secret(), secret.as_bytes(), 0o600)?,
+        None if kind == "basic" || kind == "bearer" => {
+            return Err(Error::Enrollment(format!(
+                "the WOS granted {kind} repository auth without a secret"
+            )));
+        }
+        None => remove_if_present(&layout.repository_secret())?,
     }
     let enrollment = Enrollment {
         client_id: answer.client_id,
@@ -150,7 +154,7 @@ pub fn manual(state_dir: &Path, m: ManualEnrollment) -> Result<Enrollment> {
                 m.repo_auth
             )));
         }
-        ("none" | "mtls", _) => {}
+        ("none" | "mtls", _) => remove_if_present(&layout.repository_secret())?,
         (other, _) => {
             return Err(Error::Enrollment(format!(
                 "unknown repository auth type {other:?} (none, basic, bearer, mtls)"
@@ -159,8 +163,9 @@ pub fn manual(state_dir: &Path, m: ManualEnrollment) -> Result<Enrollment> {
     }
     write_atomic(&layout.key(), &read(&m.key)?, 0o600)?;
     write_atomic(&layout.cert(), &read(&m.cert)?, 0o644)?;
-    if let Some(ca) = &m.ca {
-        write_atomic(&layout.wos_ca(), &read(ca)?, 0o644)?;
+    match &m.ca {
+        Some(ca) => write_atomic(&layout.wos_ca(), &read(ca)?, 0o644)?,
+        None => remove_if_present(&layout.wos_ca())?,
     }
     let enrollment = Enrollment {
         client_id: m.client_id,
@@ -175,6 +180,16 @@ pub fn manual(state_dir: &Path, m: ManualEnrollment) -> Result<Enrollment> {
     };
     identity::save_enrollment(state_dir, &enrollment)?;
     Ok(enrollment)
+}
+
+/// Removes a file left by an earlier enrollment that no longer applies.
+fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(woa_common::Error::file(path, e).into())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The device key: kept across enrollments, made (0600) the first time.

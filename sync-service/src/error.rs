@@ -43,16 +43,17 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// Whether trying the same request later can succeed: network trouble, 5xx, 408, 429.
-    /// A WOS that refuses the content itself (other 4xx) will refuse it again.
+    /// Whether trying the same request later can succeed. Only a WOS that refuses the content
+    /// itself (400, 413, 422) will refuse it again; 401/403/404 happen during certificate
+    /// rotation or maintenance, and everything else is network trouble or the server's.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Wos { status, .. } => match status {
-                None => true,
-                Some(s) => *s >= 500 || *s == 408 || *s == 429,
-            },
-            Error::Deploy { .. } | Error::Source(_) => true,
-            _ => false,
+            Error::Wos {
+                status: Some(400 | 413 | 422),
+                ..
+            } => false,
+            Error::Wos { .. } | Error::Deploy { .. } | Error::Source(_) => true,
+            Error::Common(_) | Error::NotEnrolled(_) | Error::Enrollment(_) => false,
         }
     }
 

@@ -225,6 +225,12 @@ pub fn resolve(config: &Config) -> Result<Resolved> {
         },
         (None, None) => RepoAuth::None,
     };
+    if crate::source::without_credentials(&url) != url {
+        return Err(woa_common::Error::Config(
+            "the repository URL must not carry credentials; use repository.auth".into(),
+        )
+        .into());
+    }
     let repository = RepoAccess {
         url,
         branch,

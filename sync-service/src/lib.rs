@@ -19,6 +19,7 @@ mod wos;
 pub mod enroll;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -41,11 +42,13 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
     )?;
     let deployer = deploy_link::Deployer::new(&config.deploy)?;
     let (problems_tx, problems_rx) = watch::channel(None);
+    let (states_tx, states_rx) = watch::channel(None);
+    let repository = source::without_credentials(&resolved.repository.url);
     tracing::info!(
         device_id = %resolved.device_id,
         client_id = %resolved.client_id,
         wos = %resolved.wos_url,
-        repository = %resolved.repository.url,
+        %repository,
         branch = %resolved.repository.branch,
         "woa-sync running"
     );
@@ -54,6 +57,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         access: resolved.repository,
         deployments_path: resolved.deployments_path,
         deployer: deployer.clone(),
+        deployed: states_rx.clone(),
         schedule: schedule.clone(),
         interval: config.poll.interval,
         jitter: config.poll.jitter,
@@ -63,12 +67,24 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         wos,
         client_id: resolved.client_id,
         device_id: resolved.device_id,
-        deployer,
+        deployer: deployer.clone(),
         outbox_path: layout.outbox(),
         heartbeat: config.status.heartbeat,
+        retry_cap: config.poll.interval,
+        states: states_rx,
         schedule,
         problems: problems_rx,
     };
-    let (_, reported) = tokio::join!(puller.run(cancel.clone()), reporter.run(cancel));
-    reported
+    tokio::join!(
+        report::watch_states(deployer, states_tx, cancel.clone()),
+        puller.run(cancel.clone()),
+        reporter.run(cancel),
+    );
+    Ok(())
+}
+
+/// A random wait in `[0, max]`.
+fn jitter(max: Duration) -> Duration {
+    let max_ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rand::random_range(0..=max_ms))
 }

@@ -150,7 +150,9 @@ async fn enroll(state_dir: &Path, args: EnrollArgs) -> woa_sync::Result<()> {
     };
     println!(
         "enrolled as client {} (repository {}, branch {})",
-        enrollment.client_id, enrollment.repository.url, enrollment.repository.branch
+        enrollment.client_id,
+        woa_sync::source::without_credentials(&enrollment.repository.url),
+        enrollment.repository.branch
     );
     Ok(())
 }

@@ -2,10 +2,12 @@
 //! mirror and hand a new tip to the deployment service.
 //!
 //! Level-triggered: whenever the fetched tip differs from the revision last accepted by the
-//! deployment service, it is applied, so a failed apply (deployment service restarting) is
-//! simply repeated at the next poll. While the repository is unreachable nothing is applied
-//! and the deployment service keeps running the last desired state it accepted.
+//! deployment service, or the deployment service reports no desired state at all (it lost
+//! its state), the tip is applied; a failed apply is retried with backoff. While the
+//! repository is unreachable nothing is applied and the deployment service keeps running the
+//! last desired state it accepted.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,10 +15,11 @@ use jiff::Timestamp;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use woa_common::backoff::Backoff;
+use woa_proto::v1 as pb;
 
 use crate::deploy_link::Deployer;
 use crate::snapshot::desired_state;
-use crate::source::{Mirror, RepoAccess, SourceError};
+use crate::source::{Mirror, RepoAccess};
 use crate::window::Schedule;
 use crate::{Error, Result};
 
@@ -26,10 +29,14 @@ const TREE_LIMIT: u64 = 48 << 20;
 /// The first retry after a failure; later ones double up to the poll interval.
 const RETRY_BASE: Duration = Duration::from_secs(2);
 
+/// How long the deployment service may take to store a desired state (it may download
+/// packages meanwhile).
+const APPLY_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// What went wrong with the last poll, for people and for the status the WOS sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullProblem {
-    /// `ERR_REPOSITORY_AUTH` or `ERR_REPOSITORY_UNAVAILABLE`.
+    /// `ERR_REPOSITORY_AUTH`, `ERR_REPOSITORY_UNAVAILABLE` or `ERR_INVALID_DESIRED_STATE`.
     pub code: &'static str,
     /// The repository URL (never with credentials).
     pub source: String,
@@ -40,13 +47,15 @@ pub struct PullProblem {
 /// Settings of the pull loop.
 pub struct Puller {
     /// Where the mirror lives.
-    pub mirror_dir: std::path::PathBuf,
+    pub mirror_dir: PathBuf,
     /// The repository.
     pub access: RepoAccess,
     /// Directory of deployment documents.
     pub deployments_path: String,
     /// The deployment service.
     pub deployer: Deployer,
+    /// The deployment service's current state, as the reporter follows it.
+    pub deployed: watch::Receiver<Option<pb::CurrentState>>,
     /// Polling and downtime windows.
     pub schedule: Arc<Schedule>,
     /// Time between polls.
@@ -60,111 +69,129 @@ pub struct Puller {
 impl Puller {
     /// Polls until `cancel`.
     pub async fn run(self, cancel: CancellationToken) {
-        let mut mirror: Option<Mirror> = None;
         let mut applied: Option<String> = None;
         let mut backoff = Backoff::new(RETRY_BASE, self.interval);
+        // A fleet restarting together (after a power cut) must not poll in lockstep.
+        let mut wait = crate::jitter(self.jitter);
         loop {
-            let now = Timestamp::now();
-            let wait = if !self.schedule.allows(now) {
-                until_allowed(&self.schedule, now)
-            } else {
-                match self.poll(&mut mirror, &mut applied).await {
-                    Ok(()) => {
-                        backoff.reset();
-                        self.problems.send_if_modified(|p| p.take().is_some());
-                        self.interval + jitter(self.jitter)
-                    }
-                    Err(e) => {
-                        self.report(&e, now);
-                        backoff.next_delay()
-                    }
-                }
-            };
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = cancel.cancelled() => return,
             }
+            let now = Timestamp::now();
+            if !self.schedule.allows(now) {
+                wait = until_allowed(&self.schedule, now) + crate::jitter(self.jitter);
+                continue;
+            }
+            let polled = tokio::select! {
+                polled = self.poll(&mut applied) => polled,
+                () = cancel.cancelled() => return,
+            };
+            wait = match polled {
+                Ok(()) => {
+                    backoff.reset();
+                    self.problems.send_if_modified(|p| p.take().is_some());
+                    self.interval + crate::jitter(self.jitter)
+                }
+                Err(e) => {
+                    self.report(&e, now);
+                    backoff.next_delay()
+                }
+            };
         }
     }
 
-    /// One poll: fetch, and apply the tip if the deployment service does not have it yet.
-    async fn poll(&self, mirror: &mut Option<Mirror>, applied: &mut Option<String>) -> Result<()> {
+    /// One poll: fetch, and apply the tip if the deployment service does not have it.
+    async fn poll(&self, applied: &mut Option<String>) -> Result<()> {
+        let deployed_nothing = self
+            .deployed
+            .borrow()
+            .as_ref()
+            .is_some_and(|s| s.revision.is_empty());
+        if deployed_nothing {
+            *applied = None;
+        }
         let dir = self.mirror_dir.clone();
         let access = self.access.clone();
-        let taken = mirror.take();
-        let (opened, fetched) = tokio::task::spawn_blocking(move || {
-            let mut m = match taken {
-                Some(m) => m,
-                None => Mirror::open(&dir)?,
-            };
-            let fetched = m.fetch(&access);
-            Ok::<_, SourceError>((m, fetched))
+        let known = applied.clone();
+        let deployments_path = self.deployments_path.clone();
+        // Fetching, reading the tree and assembling the request are blocking and may touch
+        // tens of MiB: all of it runs off the async workers.
+        let fetched = tokio::task::spawn_blocking(move || {
+            let mut mirror = Mirror::open(&dir)?;
+            let tip = mirror.fetch(&access)?.tip;
+            if known.as_deref() == Some(tip.as_str()) {
+                return Ok((tip, None));
+            }
+            match mirror.read_tree(&tip, TREE_LIMIT) {
+                Ok(files) => {
+                    let request = desired_state(&tip, &files, &deployments_path);
+                    Ok((tip, Some(request)))
+                }
+                Err(e) => {
+                    if !e.is_content() {
+                        // Objects that cannot be read: build the mirror anew at the next poll.
+                        if let Err(discard) = mirror.discard() {
+                            tracing::warn!(error = %discard, "could not discard the damaged mirror");
+                        }
+                    }
+                    Err(e)
+                }
+            }
         })
         .await
         .map_err(|e| Error::Deploy {
             operation: "fetch task",
             message: e.to_string(),
-        })??;
-        // A failed fetch may mean a damaged mirror: open it afresh (and rebuild it) next time.
-        let fetched = fetched?;
-        *mirror = Some(opened);
-        if applied.as_deref() == Some(fetched.tip.as_str()) {
-            tracing::debug!(revision = %fetched.tip, "no change");
-            return Ok(());
-        }
-        let Some(m) = mirror.take() else {
-            return Ok(());
-        };
-        let tip = fetched.tip.clone();
-        let (m, files) = tokio::task::spawn_blocking(move || {
-            let files = m.read_tree(&tip, TREE_LIMIT);
-            (m, files)
-        })
-        .await
-        .map_err(|e| Error::Deploy {
-            operation: "read task",
-            message: e.to_string(),
         })?;
-        *mirror = Some(m);
-        let request = desired_state(&fetched.tip, &files?, &self.deployments_path);
-        let documents = request.deployments.len();
-        let response = match self.deployer.apply(request).await {
-            Ok(r) => r,
-            Err(e) => {
-                // Not the repository's fault: retry at the next poll without a problem report.
-                tracing::warn!(error = %e, revision = %fetched.tip, "deployment service did not take the desired state; retrying at the next poll");
-                return Ok(());
-            }
+        let (tip, request) = fetched.map_err(Error::Source)?;
+        let Some(request) = request else {
+            tracing::debug!(revision = %tip, "no change");
+            return Ok(());
         };
+        let documents = request.deployments.len();
+        let response = tokio::time::timeout(APPLY_TIMEOUT, self.deployer.apply(request))
+            .await
+            .map_err(|_| Error::Deploy {
+                operation: "ApplyDesiredState",
+                message: format!("no answer within {APPLY_TIMEOUT:?}"),
+            })??;
         for rejected in &response.rejected {
             let message = rejected.error.as_ref().map_or("", |e| e.message.as_str());
             tracing::warn!(path = %rejected.path, deployment = %rejected.deployment_id, error = %message, "deployment document rejected");
         }
         tracing::info!(
-            revision = %fetched.tip,
+            revision = %tip,
             documents,
             changed = response.changed,
             accepted = response.accepted.len(),
             rejected = response.rejected.len(),
             "desired state applied"
         );
-        *applied = Some(fetched.tip);
+        *applied = Some(tip);
         Ok(())
     }
 
-    /// Logs a failed poll once per distinct problem, and publishes it for status reports.
-    /// Inside a downtime window failures are expected and ignored.
+    /// Logs a failed poll once per distinct problem, and publishes repository problems for
+    /// the status reports. Inside a downtime window failures are expected and ignored.
     fn report(&self, e: &Error, now: Timestamp) {
         if self.schedule.in_downtime(now) {
             tracing::debug!(error = %e, "poll failed during downtime; ignored");
             return;
         }
+        let Error::Source(source) = e else {
+            tracing::warn!(error = %e, "the deployment service did not take the desired state; will retry");
+            return;
+        };
         let problem = PullProblem {
-            code: match e {
-                Error::Source(s) if s.is_auth() => "ERR_REPOSITORY_AUTH",
-                _ => "ERR_REPOSITORY_UNAVAILABLE",
+            code: if source.is_auth() {
+                "ERR_REPOSITORY_AUTH"
+            } else if source.is_content() {
+                "ERR_INVALID_DESIRED_STATE"
+            } else {
+                "ERR_REPOSITORY_UNAVAILABLE"
             },
-            source: self.access.url.clone(),
+            source: crate::source::without_credentials(&self.access.url),
             message: e.to_string(),
         };
         let is_new = self.problems.send_if_modified(|p| {
@@ -175,7 +202,7 @@ impl Puller {
             true
         });
         if is_new {
-            tracing::error!(error = %e, repository = %self.access.url, "polling the desired-state repository failed; keeping the last desired state");
+            tracing::error!(error = %e, "polling the desired-state repository failed; keeping the last desired state");
         } else {
             tracing::debug!(error = %e, "poll failed again");
         }
@@ -191,10 +218,4 @@ fn until_allowed(schedule: &Schedule, now: Timestamp) -> Duration {
     };
     let wait = next.duration_since(now).unsigned_abs();
     wait.clamp(Duration::from_secs(1), cap)
-}
-
-/// A random wait in `[0, max]`.
-pub(crate) fn jitter(max: Duration) -> Duration {
-    let max_ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
-    Duration::from_millis(rand::random_range(0..=max_ms))
 }

@@ -20,20 +20,28 @@ use woa_common::margo::{DeploymentStatusManifest, StatusError};
 use woa_common::store::{load_json, save_json};
 use woa_proto::v1 as pb;
 
+use crate::Error;
 use crate::deploy_link::Deployer;
 use crate::pull::PullProblem;
 use crate::window::Schedule;
 use crate::wos::Wos;
-use crate::{Error, Result};
 
-/// Longest wait before retrying delivery when the WOS gave no `Retry-After`.
-const RETRY_CAP: Duration = Duration::from_secs(60);
+/// Bounds on a `Retry-After`: a zero would mean a tight loop, a huge one a silent device.
+const RETRY_AFTER_MIN: Duration = Duration::from_secs(1);
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
+
+/// How often capabilities are checked for changes (at most; the heartbeat may be shorter).
+const CAPABILITIES_CHECK: Duration = Duration::from_secs(60);
+
+/// How long the deployment service may take to answer `GetCapabilities`.
+const CAPABILITIES_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Longest wait before reconnecting to the deployment service.
 const RECONNECT_CAP: Duration = Duration::from_secs(10);
 
 /// What is waiting to be delivered; persisted after every change.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 struct Outbox {
     /// Deployment id → the status manifest (JSON) to post.
     statuses: BTreeMap<String, String>,
@@ -57,6 +65,10 @@ pub struct Reporter {
     pub outbox_path: PathBuf,
     /// Every status is posted at least this often.
     pub heartbeat: Duration,
+    /// Failed deliveries are retried with backoff up to this (the poll interval).
+    pub retry_cap: Duration,
+    /// The deployment service's current state, followed by [`watch_states`].
+    pub states: watch::Receiver<Option<pb::CurrentState>>,
     /// Downtime windows: nothing is sent inside them.
     pub schedule: Arc<Schedule>,
     /// The pull loop's current problem, added to statuses so the WOS sees it.
@@ -65,38 +77,24 @@ pub struct Reporter {
 
 impl Reporter {
     /// Reports until `cancel`.
-    pub async fn run(mut self, cancel: CancellationToken) -> Result<()> {
-        let mut outbox: Outbox = load_json(&self.outbox_path)?.unwrap_or_default();
-        if !outbox.statuses.is_empty() {
-            tracing::info!(
-                pending = outbox.statuses.len(),
-                "statuses from before the restart are waiting for delivery"
-            );
-        }
-        let (states_tx, mut states) = watch::channel::<Option<pb::CurrentState>>(None);
-        let watcher = tokio::spawn(watch_states(
-            self.deployer.clone(),
-            states_tx,
-            cancel.clone(),
-        ));
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut outbox = load_outbox(&self.outbox_path);
+        let mut saved = outbox.clone();
         // Statuses as last enqueued, so only changes are posted between heartbeats.
         let mut enqueued: BTreeMap<String, String> = BTreeMap::new();
         let mut heartbeat = tokio::time::interval(self.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut backoff = Backoff::new(Duration::from_secs(1), RETRY_CAP);
+        let mut capabilities_check = tokio::time::interval(CAPABILITIES_CHECK.min(self.heartbeat));
+        capabilities_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut backoff = Backoff::new(Duration::from_secs(1), self.retry_cap);
         let mut retry_at: Option<tokio::time::Instant> = None;
-        let mut have_capabilities = false;
-        let mut saved = outbox.clone();
         loop {
             let mut full = false;
             tokio::select! {
                 () = cancel.cancelled() => break,
-                changed = states.changed() => {
+                changed = self.states.changed() => {
                     if changed.is_err() {
                         break;
-                    }
-                    if !have_capabilities {
-                        have_capabilities = self.refresh_capabilities(&mut outbox).await;
                     }
                 }
                 changed = self.problems.changed() => {
@@ -104,62 +102,75 @@ impl Reporter {
                         break;
                     }
                 }
-                _ = heartbeat.tick() => {
-                    full = true;
-                    have_capabilities = self.refresh_capabilities(&mut outbox).await;
-                }
+                _ = heartbeat.tick() => full = true,
+                _ = capabilities_check.tick() => self.refresh_capabilities(&mut outbox).await,
                 () = sleep_until(retry_at) => {}
             }
-            let state = states.borrow_and_update().clone();
-            if let Some(state) = state {
-                let problem = self.problems.borrow_and_update().clone();
-                for d in &state.deployments {
-                    let manifest = decorate(&d.manifest_json, problem.as_ref());
-                    if full || enqueued.get(&d.deployment_id) != Some(&manifest) {
-                        enqueued.insert(d.deployment_id.clone(), manifest.clone());
-                        outbox.statuses.insert(d.deployment_id.clone(), manifest);
-                    }
-                }
-            }
+            self.enqueue(&mut outbox, &mut enqueued, full);
+            // Saved before sending, so a crash while the WOS is slow loses nothing.
+            persist(&self.outbox_path, &outbox, &mut saved);
             // Inside a wait the WOS asked for (or a backoff), nothing is sent; the outbox
             // keeps collecting and is delivered when the wait is over.
             let waiting = retry_at.is_some_and(|at| at > tokio::time::Instant::now());
             if !waiting {
-                retry_at = match self.deliver(&mut outbox).await {
+                let delivered = tokio::select! {
+                    delivered = self.deliver(&mut outbox) => delivered,
+                    () = cancel.cancelled() => break,
+                };
+                retry_at = match delivered {
                     Ok(()) => {
                         backoff.reset();
                         None
                     }
-                    Err(wait) => Some(
-                        tokio::time::Instant::now() + wait.unwrap_or_else(|| backoff.next_delay()),
-                    ),
+                    Err(asked) => {
+                        let wait = asked.map_or_else(
+                            || backoff.next_delay(),
+                            |d| d.clamp(RETRY_AFTER_MIN, RETRY_AFTER_MAX),
+                        );
+                        tokio::time::Instant::now().checked_add(wait)
+                    }
                 };
-            }
-            if outbox != saved {
-                match save_json(&self.outbox_path, &outbox) {
-                    Ok(()) => saved = outbox.clone(),
-                    Err(e) => tracing::error!(error = %e, "could not persist the status outbox"),
-                }
+                persist(&self.outbox_path, &outbox, &mut saved);
             }
         }
-        watcher.abort();
-        Ok(())
+        persist(&self.outbox_path, &outbox, &mut saved);
     }
 
-    /// Asks the deployment service for the capabilities and queues them if they changed;
-    /// false when it could not answer.
-    async fn refresh_capabilities(&self, outbox: &mut Outbox) -> bool {
-        match self.deployer.capabilities().await {
-            Ok(c) => {
+    /// Queues the status of every deployment that changed since it was last queued, or of
+    /// all of them (`full`, at the heartbeat).
+    fn enqueue(
+        &mut self,
+        outbox: &mut Outbox,
+        enqueued: &mut BTreeMap<String, String>,
+        full: bool,
+    ) {
+        let state = self.states.borrow_and_update();
+        let Some(state) = state.as_ref() else {
+            return;
+        };
+        let problem = self.problems.borrow_and_update();
+        for d in &state.deployments {
+            let manifest = decorate(&d.manifest_json, problem.as_ref());
+            if full || enqueued.get(&d.deployment_id) != Some(&manifest) {
+                enqueued.insert(d.deployment_id.clone(), manifest.clone());
+                outbox.statuses.insert(d.deployment_id.clone(), manifest);
+            }
+        }
+    }
+
+    /// Asks the deployment service for the capabilities and queues them if they changed.
+    async fn refresh_capabilities(&self, outbox: &mut Outbox) {
+        let answer = tokio::time::timeout(CAPABILITIES_TIMEOUT, self.deployer.capabilities()).await;
+        match answer {
+            Ok(Ok(c)) => {
                 let manifest = with_device_id(&c.manifest_json, &self.device_id);
                 if outbox.delivered_capabilities.as_ref() != Some(&manifest) {
                     outbox.capabilities = Some(manifest);
                 }
-                true
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "capabilities not available yet");
-                false
+            Ok(Err(e)) => tracing::debug!(error = %e, "capabilities not available yet"),
+            Err(_) => {
+                tracing::warn!("the deployment service did not answer GetCapabilities in time")
             }
         }
     }
@@ -169,7 +180,7 @@ impl Reporter {
     async fn deliver(&self, outbox: &mut Outbox) -> Result<(), Option<Duration>> {
         let now = Timestamp::now();
         if self.schedule.in_downtime(now) {
-            return Err(Some(Duration::from_secs(60)));
+            return Err(Some(self.retry_cap.min(Duration::from_secs(60))));
         }
         if let Some(capabilities) = outbox.capabilities.clone() {
             match self
@@ -223,7 +234,7 @@ impl Reporter {
 
 /// Follows `WatchCurrentState`, reconnecting with backoff when the deployment service goes
 /// away; the first message after a reconnect is the full state, so nothing is missed.
-async fn watch_states(
+pub async fn watch_states(
     deployer: Deployer,
     states: watch::Sender<Option<pb::CurrentState>>,
     cancel: CancellationToken,
@@ -293,6 +304,40 @@ fn with_device_id(manifest_json: &str, device_id: &str) -> String {
         properties.insert("id".into(), device_id.into());
     }
     value.to_string()
+}
+
+/// The persisted outbox; one that cannot be read is set aside (and said so), since the
+/// first full state from the deployment service refills it anyway.
+fn load_outbox(path: &std::path::Path) -> Outbox {
+    match load_json::<Outbox>(path) {
+        Ok(outbox) => {
+            let outbox = outbox.unwrap_or_default();
+            if !outbox.statuses.is_empty() {
+                tracing::info!(
+                    pending = outbox.statuses.len(),
+                    "statuses from before the restart are waiting for delivery"
+                );
+            }
+            outbox
+        }
+        Err(e) => {
+            let aside = path.with_extension("json.unreadable");
+            tracing::error!(error = %e, aside = %aside.display(), "the status outbox cannot be read; starting empty");
+            let _ = std::fs::rename(path, aside);
+            Outbox::default()
+        }
+    }
+}
+
+/// Writes the outbox if it changed since `saved`.
+fn persist(path: &std::path::Path, outbox: &Outbox, saved: &mut Outbox) {
+    if outbox == saved {
+        return;
+    }
+    match save_json(path, outbox) {
+        Ok(()) => *saved = outbox.clone(),
+        Err(e) => tracing::error!(error = %e, "could not persist the status outbox"),
+    }
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

@@ -240,14 +240,13 @@ impl SourceError {
         matches!(self, SourceError::AuthRefused { .. })
     }
 
-    /// Whether the failure is likely transient (network, timeout, server error), so the caller
-    /// should keep the last fetched state and try again later.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            SourceError::Unreachable { .. } | SourceError::Fetch { .. } => true,
-            SourceError::HttpStatus { status, .. } => status.starts_with('5'),
-            _ => false,
-        }
+    /// Whether the commit itself cannot be used as desired state (a link, too large): the
+    /// repository is fine, its content is not.
+    pub fn is_content(&self) -> bool {
+        matches!(
+            self,
+            SourceError::Symlink { .. } | SourceError::TooLarge { .. }
+        )
     }
 }
 
@@ -278,9 +277,15 @@ impl Mirror {
         })
     }
 
-    /// The mirror directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Deletes the mirror (after checking that it looks like one), for a mirror whose objects
+    /// cannot be read: the next fetch builds it anew.
+    pub fn discard(self) -> Result<(), SourceError> {
+        if self.dir.exists() {
+            ensure_looks_like_a_mirror(&self.dir)?;
+            std::fs::remove_dir_all(&self.dir)
+                .map_err(|err| mirror_error(&self.dir, format!("cannot remove it: {err}")))?;
+        }
+        Ok(())
     }
 
     /// Fetches `access.branch`: a ref advertisement only when nothing changed, a shallow fetch
@@ -684,7 +689,7 @@ fn read_tip(repo: &gix::Repository) -> Option<String> {
 }
 
 /// `url` with any `user:password@` removed, for messages and logs.
-fn without_credentials(url: &str) -> String {
+pub fn without_credentials(url: &str) -> String {
     if let Some(scheme_end) = url.find("://") {
         let rest = &url[scheme_end + 3..];
         let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -1578,7 +1583,7 @@ server.serve_forever()
             matches!(error, SourceError::Unreachable { .. }),
             "{error:?}"
         );
-        assert!(error.is_transient());
+        assert!(!error.is_auth() && !error.is_content());
         assert!(error.to_string().contains("branch main"), "{error}");
     }
 

@@ -20,8 +20,8 @@ pub struct Wos {
     base: String,
 }
 
-/// The onboarding request body (DESIGN §3.5).
-#[derive(Debug, Serialize)]
+/// The onboarding request body. Holds the enrollment token: not `Debug`.
+#[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OnboardingRequest<'a> {
     /// `onboarding.margo.org/v1alpha1`.

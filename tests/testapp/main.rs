@@ -5,6 +5,10 @@
 //!   when `$FAIL_AT_START` is set, to test crashing workloads.
 //! - `testapp probe PORT`: exits 0 when 127.0.0.1:PORT answers, else 1 (a HEALTHCHECK).
 //! - `testapp sleep`: idles until killed.
+//!
+//! As PID 1 of a container it would ignore SIGTERM (the kernel drops signals PID 1 has no
+//! handler for), and every stop would wait out the engine's grace period; so it exits on
+//! SIGTERM like a well-behaved app.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -12,6 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 fn main() -> ExitCode {
+    exit_on_sigterm();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args
         .iter()
@@ -28,6 +33,22 @@ fn main() -> ExitCode {
             eprintln!("usage: testapp serve PORT | probe PORT | sleep");
             ExitCode::from(2)
         }
+    }
+}
+
+fn exit_on_sigterm() {
+    const SIGTERM: i32 = 15;
+    unsafe extern "C" {
+        fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
+        fn _exit(status: i32) -> !;
+    }
+    extern "C" fn on_sigterm(_: i32) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { _exit(0) }
+    }
+    // SAFETY: installs a handler that only calls an async-signal-safe function.
+    unsafe {
+        signal(SIGTERM, on_sigterm);
     }
 }
 
