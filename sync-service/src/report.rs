@@ -232,16 +232,25 @@ impl Reporter {
     }
 }
 
-/// Follows `WatchCurrentState`, reconnecting with backoff when the deployment service goes
-/// away; the first message after a reconnect is the full state, so nothing is missed.
+/// Follows `WatchCurrentState` until `cancel`, reconnecting with backoff when the deployment
+/// service goes away; the first message after a reconnect is the full state, so nothing is
+/// missed.
 pub async fn watch_states(
     deployer: Deployer,
     states: watch::Sender<Option<pb::CurrentState>>,
     cancel: CancellationToken,
 ) {
+    // An open stream waits for the next change forever: only cancellation ends it.
+    tokio::select! {
+        () = follow_states(deployer, states) => {}
+        () = cancel.cancelled() => {}
+    }
+}
+
+async fn follow_states(deployer: Deployer, states: watch::Sender<Option<pb::CurrentState>>) {
     let mut backoff = Backoff::new(Duration::from_millis(500), RECONNECT_CAP);
     let mut reported = false;
-    while !cancel.is_cancelled() {
+    loop {
         match deployer.watch().await {
             Ok(mut stream) => {
                 tracing::info!("watching the deployment service");
@@ -265,10 +274,7 @@ pub async fn watch_states(
             }
             Err(e) => tracing::debug!(error = %e, "deployment service still not reachable"),
         }
-        tokio::select! {
-            () = tokio::time::sleep(backoff.next_delay()) => {}
-            () = cancel.cancelled() => {}
-        }
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

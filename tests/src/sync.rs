@@ -4,7 +4,7 @@ use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -140,6 +140,28 @@ impl Sync {
         self.child
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGTERM, then waits up to `within` for a graceful exit (killed after that); returns
+    /// whether it exited on its own with success.
+    pub fn terminate(&mut self, within: std::time::Duration) -> Result<bool> {
+        let Some(mut child) = self.child.take() else {
+            bail!("woa-sync is not running");
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        ensure!(sent.success(), "kill -TERM failed");
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.success());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        child.kill()?;
+        child.wait()?;
+        Ok(false)
     }
 
     /// `kill -9` and wait.

@@ -182,6 +182,13 @@ fn an_enrolled_device_runs_updates_and_removes_what_is_committed() -> Result<()>
     )?;
     rig.wait_for_wos(app.id(), &c4, "removed")?;
     ensure!(containers(app.id())?.is_empty(), "containers left behind");
+
+    // SIGTERM ends it promptly and cleanly, with the watch stream still open.
+    let mut rig = rig;
+    assert!(
+        rig.sync.terminate(Duration::from_secs(10))?,
+        "woa-sync did not stop cleanly on SIGTERM"
+    );
     Ok(())
 }
 
