@@ -116,13 +116,69 @@ pub struct PollConfig {
     pub downtime: Vec<String>,
 }
 
-/// Status posting.
+/// Status reporting.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StatusConfig {
     /// Every deployment's status is posted at least this often, changed or not.
     #[serde(with = "humantime_serde")]
     pub heartbeat: Duration,
+    /// Where the current state goes.
+    pub report: ReportTo,
+    /// The status branch, for `git` and `both`.
+    pub git: GitStatusConfig,
+}
+
+/// Where the current state is reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportTo {
+    /// Posted to the WOS REST API.
+    #[default]
+    Http,
+    /// Committed to a status branch of the device repository.
+    Git,
+    /// Both.
+    Both,
+}
+
+/// The status branch of the device repository.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GitStatusConfig {
+    /// Branch written (never the desired-state branch).
+    pub branch: String,
+    /// Directory of the status files in that branch.
+    pub dir: String,
+    /// Changes arriving within this time go into one commit.
+    #[serde(with = "humantime_serde")]
+    pub debounce: Duration,
+    /// `device.json` (and with it a commit) is refreshed at least this often.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+}
+
+impl ReportTo {
+    /// Whether statuses are posted over HTTP.
+    pub fn http(self) -> bool {
+        matches!(self, ReportTo::Http | ReportTo::Both)
+    }
+
+    /// Whether statuses are committed to the status branch.
+    pub fn git(self) -> bool {
+        matches!(self, ReportTo::Git | ReportTo::Both)
+    }
+}
+
+impl Default for GitStatusConfig {
+    fn default() -> Self {
+        Self {
+            branch: "woa/status".into(),
+            dir: "status".into(),
+            debounce: Duration::from_secs(2),
+            heartbeat: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// The mTLS link to the deployment service.
@@ -171,6 +227,8 @@ impl Default for StatusConfig {
     fn default() -> Self {
         Self {
             heartbeat: Duration::from_secs(300),
+            report: ReportTo::default(),
+            git: GitStatusConfig::default(),
         }
     }
 }
@@ -195,8 +253,8 @@ impl Config {
         if config.poll.interval.is_zero() {
             return invalid("poll.interval must be above zero".into());
         }
-        if config.status.heartbeat.is_zero() {
-            return invalid("status.heartbeat must be above zero".into());
+        if config.status.heartbeat.is_zero() || config.status.git.heartbeat.is_zero() {
+            return invalid("status.heartbeat and status.git.heartbeat must be above zero".into());
         }
         config.windows()?;
         Ok(config)

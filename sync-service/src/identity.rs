@@ -52,6 +52,10 @@ impl Layout {
     pub fn mirror(&self) -> PathBuf {
         self.dir.join("mirror.git")
     }
+    /// The local repository that status commits are built in.
+    pub fn status_repository(&self) -> PathBuf {
+        self.dir.join("status.git")
+    }
     /// Statuses not yet delivered.
     pub fn outbox(&self) -> PathBuf {
         self.dir.join("outbox.json")

@@ -8,11 +8,15 @@
 mod config;
 mod deploy_link;
 mod error;
+mod git_report;
 mod identity;
 mod pull;
 mod report;
 mod snapshot;
 pub mod source;
+pub mod status_push;
+#[cfg(test)]
+mod testserver;
 mod window;
 mod wos;
 
@@ -40,9 +44,17 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         resolved.wos_ca.as_deref(),
         Some((&resolved.identity.0, &resolved.identity.1)),
     )?;
+    if config.status.report.git() && config.status.git.branch == resolved.repository.branch {
+        return Err(woa_common::Error::Config(format!(
+            "status.git.branch {:?} is the desired-state branch, which is never written",
+            config.status.git.branch
+        ))
+        .into());
+    }
     let deployer = deploy_link::Deployer::new(&config.deploy)?;
     let (problems_tx, problems_rx) = watch::channel(None);
     let (states_tx, states_rx) = watch::channel(None);
+    let (last_poll_tx, last_poll_rx) = watch::channel(None);
     let repository = source::without_credentials(&resolved.repository.url);
     tracing::info!(
         device_id = %resolved.device_id,
@@ -50,35 +62,62 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         wos = %resolved.wos_url,
         %repository,
         branch = %resolved.repository.branch,
+        report = ?config.status.report,
         "woa-sync running"
     );
+    let git_reporter = config.status.report.git().then(|| git_report::GitReporter {
+        local_dir: layout.status_repository(),
+        access: resolved.repository.clone(),
+        branch: config.status.git.branch.clone(),
+        dir: config.status.git.dir.clone(),
+        debounce: config.status.git.debounce,
+        heartbeat: config.status.git.heartbeat,
+        retry_cap: config.poll.interval,
+        device_id: resolved.device_id.clone(),
+        client_id: resolved.client_id.clone(),
+        deployer: deployer.clone(),
+        states: states_rx.clone(),
+        problems: problems_rx.clone(),
+        last_poll: last_poll_rx,
+        schedule: schedule.clone(),
+    });
+    let reporter = config.status.report.http().then(|| report::Reporter {
+        wos,
+        client_id: resolved.client_id.clone(),
+        device_id: resolved.device_id.clone(),
+        deployer: deployer.clone(),
+        outbox_path: layout.outbox(),
+        heartbeat: config.status.heartbeat,
+        retry_cap: config.poll.interval,
+        states: states_rx.clone(),
+        schedule: schedule.clone(),
+        problems: problems_rx,
+    });
     let puller = pull::Puller {
         mirror_dir: layout.mirror(),
         access: resolved.repository,
         deployments_path: resolved.deployments_path,
         deployer: deployer.clone(),
-        deployed: states_rx.clone(),
-        schedule: schedule.clone(),
+        deployed: states_rx,
+        schedule,
         interval: config.poll.interval,
         jitter: config.poll.jitter,
         problems: problems_tx,
-    };
-    let reporter = report::Reporter {
-        wos,
-        client_id: resolved.client_id,
-        device_id: resolved.device_id,
-        deployer: deployer.clone(),
-        outbox_path: layout.outbox(),
-        heartbeat: config.status.heartbeat,
-        retry_cap: config.poll.interval,
-        states: states_rx,
-        schedule,
-        problems: problems_rx,
+        last_poll: last_poll_tx,
     };
     tokio::join!(
         report::watch_states(deployer, states_tx, cancel.clone()),
         puller.run(cancel.clone()),
-        reporter.run(cancel),
+        async {
+            if let Some(reporter) = reporter {
+                reporter.run(cancel.clone()).await;
+            }
+        },
+        async {
+            if let Some(reporter) = git_reporter {
+                reporter.run(cancel.clone()).await;
+            }
+        },
     );
     Ok(())
 }

@@ -64,6 +64,8 @@ pub struct Puller {
     pub jitter: Duration,
     /// Where the last poll's problem is published (`None` after a good poll).
     pub problems: watch::Sender<Option<PullProblem>>,
+    /// When the last poll succeeded.
+    pub last_poll: watch::Sender<Option<Timestamp>>,
 }
 
 impl Puller {
@@ -91,6 +93,7 @@ impl Puller {
                 Ok(()) => {
                     backoff.reset();
                     self.problems.send_if_modified(|p| p.take().is_some());
+                    self.last_poll.send_replace(Some(now));
                     self.interval + crate::jitter(self.jitter)
                 }
                 Err(e) => {

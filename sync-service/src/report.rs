@@ -281,7 +281,7 @@ async fn follow_states(deployer: Deployer, states: watch::Sender<Option<pb::Curr
 /// The status as posted: the deployment service's manifest, plus the pull problem in
 /// `status.error` when the deployment has no error of its own, so the WOS learns that the
 /// device cannot read its desired state.
-fn decorate(manifest_json: &str, problem: Option<&PullProblem>) -> String {
+pub(crate) fn decorate(manifest_json: &str, problem: Option<&PullProblem>) -> String {
     let Some(problem) = problem else {
         return manifest_json.to_owned();
     };
@@ -346,7 +346,7 @@ fn persist(path: &std::path::Path, outbox: &Outbox, saved: &mut Outbox) {
     }
 }
 
-async fn sleep_until(at: Option<tokio::time::Instant>) {
+pub(crate) async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,

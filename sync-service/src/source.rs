@@ -23,11 +23,11 @@ use woa_common::tls::Trust;
 const TIP_REF: &str = "refs/woa/desired-state";
 
 /// How long connecting to the Git server may take (TCP and TLS).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long one HTTP request may take, including its response body. Desired-state repositories
 /// are small, so this only cuts off servers that hang.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Names a bare repository directory may contain. A directory holding anything else is not
 /// ours, and is never deleted to rebuild the mirror.
@@ -185,6 +185,49 @@ pub enum SourceError {
         /// The underlying cause.
         cause: String,
     },
+    /// The server allows reading the repository but refused the receive-pack requests that
+    /// write the status branch (HTTP 401 or 403).
+    #[error(
+        "the repository {url} allows reading but refused writing the status branch {branch} (HTTP {status})"
+    )]
+    WriteDenied {
+        /// The URL, without credentials.
+        url: String,
+        /// The status branch.
+        branch: String,
+        /// The HTTP status code, 401 or 403.
+        status: u16,
+    },
+    /// The server refused to update the status branch, or it kept moving while retrying.
+    #[error("the repository {url} refused to update the status branch {branch}: {reason}")]
+    PushRefused {
+        /// The URL, without credentials.
+        url: String,
+        /// The status branch.
+        branch: String,
+        /// The server's reason, like "failed to update ref" or "hook declined".
+        reason: String,
+    },
+    /// The push failed for another reason, like a protocol error.
+    #[error("pushing the status branch {branch} to {url} failed: {cause}")]
+    Push {
+        /// The URL, without credentials.
+        url: String,
+        /// The status branch.
+        branch: String,
+        /// The underlying cause.
+        cause: String,
+    },
+    /// The status branch or the directory for the status files cannot be used.
+    #[error("cannot publish the status to {dir:?} on branch {branch:?}: {reason}")]
+    InvalidStatusTarget {
+        /// The status branch.
+        branch: String,
+        /// The directory in the branch's tree.
+        dir: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The local mirror could not be created, opened or updated.
     #[error("the local mirror at {} failed: {cause}", dir.display())]
     Mirror {
@@ -234,10 +277,13 @@ fn auth_refusal(status: u16, sent_credentials: bool) -> String {
 }
 
 impl SourceError {
-    /// Whether the server refused the credentials or denied access; retrying will not help
-    /// until the credentials change.
+    /// Whether the server refused the credentials or denied access (also for writing only);
+    /// retrying will not help until the credentials or the permissions change.
     pub fn is_auth(&self) -> bool {
-        matches!(self, SourceError::AuthRefused { .. })
+        matches!(
+            self,
+            SourceError::AuthRefused { .. } | SourceError::WriteDenied { .. }
+        )
     }
 
     /// Whether the commit itself cannot be used as desired state (a link, too large): the
@@ -269,8 +315,8 @@ impl Mirror {
     /// scratch (delete + init) if it is corrupt (cannot be opened, or its tip cannot be read).
     /// A directory that does not look like a Git repository is never deleted.
     pub fn open(dir: &Path) -> Result<Mirror, SourceError> {
-        let repo = open_or_rebuild(dir)?;
-        let last_tip = read_tip(&repo);
+        let repo = open_or_rebuild(dir, TIP_REF)?;
+        let last_tip = read_tip(&repo, TIP_REF);
         Ok(Mirror {
             dir: dir.to_owned(),
             last_tip,
@@ -292,23 +338,11 @@ impl Mirror {
     /// (depth 1) of the new tip otherwise. Force-pushes are followed. Returns the tip and
     /// whether it changed since the last open or fetch.
     pub fn fetch(&mut self, access: &RepoAccess) -> Result<Fetched, SourceError> {
-        let display_url = without_credentials(&access.url);
-        let url = parse_url(&access.url, &display_url)?;
-        let branch = gix::refs::FullName::try_from(format!("refs/heads/{}", access.branch))
-            .map_err(|_| SourceError::InvalidBranch {
-                url: display_url.clone(),
-                branch: access.branch.clone(),
-            })?;
-        let target = Target {
-            access,
-            url,
-            display_url,
-            refspec: format!("+{}:{TIP_REF}", branch.as_bstr()),
-        };
+        let target = Target::new(access, TIP_REF)?;
 
         // Opening checks the mirror again, so one deleted or damaged since the last fetch is
         // rebuilt here.
-        let repo = open_or_rebuild(&self.dir)?;
+        let repo = open_or_rebuild(&self.dir, TIP_REF)?;
         let tip = if pack_count(&self.dir) > MAX_PACKS {
             drop(repo);
             self.fetch_compacted(&target)?
@@ -334,8 +368,8 @@ impl Mirror {
                     .map_err(|err| mirror_error(leftover, format!("cannot remove it: {err}")))?;
             }
         }
-        let fetched =
-            open_or_rebuild(&fresh_dir).and_then(|fresh| target.fetch_into(&fresh, &fresh_dir));
+        let fetched = open_or_rebuild(&fresh_dir, TIP_REF)
+            .and_then(|fresh| target.fetch_into(&fresh, &fresh_dir));
         let tip = match fetched {
             Ok(tip) => tip,
             Err(err) => {
@@ -363,7 +397,7 @@ impl Mirror {
     /// The last fetched tip, without network (for start-up while offline).
     pub fn tip(&self) -> Option<String> {
         let repo = gix::open_opts(&self.dir, open_options()).ok()?;
-        read_tip(&repo)
+        read_tip(&repo, TIP_REF)
     }
 
     /// Every file in the tree of `commit`: path (with '/') → content. Submodules are skipped;
@@ -446,16 +480,39 @@ impl Mirror {
     }
 }
 
-/// One fetch of the configured branch.
-struct Target<'a> {
+/// One fetch of `access.branch` into a fixed local ref.
+pub(crate) struct Target<'a> {
     access: &'a RepoAccess,
     url: gix::Url,
     /// The URL without credentials, for errors.
     display_url: String,
     refspec: String,
+    /// The local ref that holds the fetched tip.
+    tip_ref: &'static str,
 }
 
-impl Target<'_> {
+impl<'a> Target<'a> {
+    /// Checks the URL and the branch name of `access`, to fetch the branch into `tip_ref`.
+    pub(crate) fn new(
+        access: &'a RepoAccess,
+        tip_ref: &'static str,
+    ) -> Result<Target<'a>, SourceError> {
+        let display_url = without_credentials(&access.url);
+        let url = parse_url(&access.url, &display_url)?;
+        let branch = gix::refs::FullName::try_from(format!("refs/heads/{}", access.branch))
+            .map_err(|_| SourceError::InvalidBranch {
+                url: display_url.clone(),
+                branch: access.branch.clone(),
+            })?;
+        Ok(Target {
+            access,
+            url,
+            display_url,
+            refspec: format!("+{}:{tip_ref}", branch.as_bstr()),
+            tip_ref,
+        })
+    }
+
     fn failed(&self, err: gix::Error) -> SourceError {
         classify_fetch_error(
             &err,
@@ -467,7 +524,11 @@ impl Target<'_> {
 
     /// Lists the branch on the server and, if its tip is not the local one, fetches it into
     /// `repo` (at `dir`). Returns the tip.
-    fn fetch_into(&self, repo: &gix::Repository, dir: &Path) -> Result<String, SourceError> {
+    pub(crate) fn fetch_into(
+        &self,
+        repo: &gix::Repository,
+        dir: &Path,
+    ) -> Result<String, SourceError> {
         let failed = |err| self.failed(err);
         // Secrets are read here, at every fetch, so rotated ones apply.
         let backend = http_backend(self.access)?;
@@ -514,7 +575,7 @@ impl Target<'_> {
             });
         };
         let advertised = advertised.to_hex().to_string();
-        if read_tip(repo).as_deref() == Some(advertised.as_str()) {
+        if read_tip(repo, self.tip_ref).as_deref() == Some(advertised.as_str()) {
             // Nothing moved: end the session after the ref advertisement. Receiving anyway
             // would not be free, as with a shallow depth gix always negotiates and the
             // server always sends a pack.
@@ -523,13 +584,14 @@ impl Target<'_> {
             fetch_tip(prepare).map_err(failed)?;
         }
 
-        let tip = read_tip(repo)
-            .ok_or_else(|| mirror_error(dir, format!("the fetch did not update {TIP_REF}")))?;
+        let tip_ref = self.tip_ref;
+        let tip = read_tip(repo, tip_ref)
+            .ok_or_else(|| mirror_error(dir, format!("the fetch did not update {tip_ref}")))?;
         if tip != advertised {
             return Err(mirror_error(
                 dir,
                 format!(
-                    "{TIP_REF} points to {tip} after the fetch, but the server advertised {advertised}"
+                    "{tip_ref} points to {tip} after the fetch, but the server advertised {advertised}"
                 ),
             ));
         }
@@ -538,9 +600,9 @@ impl Target<'_> {
 }
 
 /// How many packs the mirror may hold before it is compacted.
-const MAX_PACKS: usize = 16;
+pub(crate) const MAX_PACKS: usize = 16;
 
-fn pack_count(dir: &Path) -> usize {
+pub(crate) fn pack_count(dir: &Path) -> usize {
     std::fs::read_dir(dir.join("objects").join("pack")).map_or(0, |entries| {
         entries
             .filter_map(Result::ok)
@@ -585,30 +647,31 @@ fn refuse_credential_requests(
     }
 }
 
-fn mirror_error(dir: &Path, cause: impl std::fmt::Display) -> SourceError {
+pub(crate) fn mirror_error(dir: &Path, cause: impl std::fmt::Display) -> SourceError {
     SourceError::Mirror {
         dir: dir.to_owned(),
         cause: cause.to_string(),
     }
 }
 
-fn open_options() -> gix::open::Options {
+pub(crate) fn open_options() -> gix::open::Options {
     // Isolated: no system or user Git configuration (credential helpers, URL rewrites, proxies
     // of whoever runs the service) and no GIT_* environment variables apply.
     gix::open::Options::isolated()
 }
 
-/// Opens the bare repository at `dir`, creating it if missing and rebuilding it if damaged.
-fn open_or_rebuild(dir: &Path) -> Result<gix::Repository, SourceError> {
+/// Opens the bare repository at `dir`, creating it if missing and rebuilding it if damaged
+/// (including when `tip_ref` names a commit it cannot read).
+pub(crate) fn open_or_rebuild(dir: &Path, tip_ref: &str) -> Result<gix::Repository, SourceError> {
     let exists = dir
         .try_exists()
         .map_err(|err| mirror_error(dir, format!("cannot look at the directory: {err}")))?;
     if exists {
-        match open_existing(dir) {
+        match open_existing(dir, tip_ref) {
             Ok(repo) => return Ok(repo),
             Err(cause) => {
                 ensure_looks_like_a_mirror(dir)?;
-                tracing::warn!(dir = %dir.display(), %cause, "the desired-state mirror is damaged, rebuilding it");
+                tracing::warn!(dir = %dir.display(), %cause, "the local repository is damaged, rebuilding it");
                 std::fs::remove_dir_all(dir).map_err(|err| {
                     mirror_error(dir, format!("cannot remove the damaged mirror: {err}"))
                 })?;
@@ -631,7 +694,7 @@ fn open_or_rebuild(dir: &Path) -> Result<gix::Repository, SourceError> {
 }
 
 /// Opens `dir` and checks that what a fetch and `read_tree` rely on is there.
-fn open_existing(dir: &Path) -> Result<gix::Repository, String> {
+fn open_existing(dir: &Path, tip_ref: &str) -> Result<gix::Repository, String> {
     let repo = gix::open_opts(dir, open_options()).map_err(|err| format!("{err:#}"))?;
     if !repo.is_bare() {
         return Err("it is not a bare repository".to_owned());
@@ -642,12 +705,12 @@ fn open_existing(dir: &Path) -> Result<gix::Repository, String> {
         return Err("its object database is missing".to_owned());
     }
     let tip = repo
-        .try_find_reference(TIP_REF)
-        .map_err(|err| format!("cannot read {TIP_REF}: {err:#}"))?
+        .try_find_reference(tip_ref)
+        .map_err(|err| format!("cannot read {tip_ref}: {err:#}"))?
         .map(|reference| reference.target().try_id().map(ToOwned::to_owned));
     match tip {
         None => {}
-        Some(None) => return Err(format!("{TIP_REF} is not a commit id")),
+        Some(None) => return Err(format!("{tip_ref} is not a commit id")),
         Some(Some(id)) => {
             repo.find_commit(id)
                 .and_then(|commit| commit.tree())
@@ -659,7 +722,7 @@ fn open_existing(dir: &Path) -> Result<gix::Repository, String> {
 
 /// Refuses to delete a directory that holds anything a bare repository would not, so a
 /// misconfigured path never costs someone their files.
-fn ensure_looks_like_a_mirror(dir: &Path) -> Result<(), SourceError> {
+pub(crate) fn ensure_looks_like_a_mirror(dir: &Path) -> Result<(), SourceError> {
     let entries = std::fs::read_dir(dir)
         .map_err(|err| mirror_error(dir, format!("cannot list the directory: {err}")))?;
     for entry in entries {
@@ -680,8 +743,8 @@ fn ensure_looks_like_a_mirror(dir: &Path) -> Result<(), SourceError> {
     Ok(())
 }
 
-fn read_tip(repo: &gix::Repository) -> Option<String> {
-    let reference = repo.try_find_reference(TIP_REF).ok()??;
+pub(crate) fn read_tip(repo: &gix::Repository, tip_ref: &str) -> Option<String> {
+    let reference = repo.try_find_reference(tip_ref).ok()??;
     reference
         .target()
         .try_id()
@@ -735,7 +798,7 @@ fn read_secret(what: &'static str, path: &Path) -> Result<String, SourceError> {
 }
 
 /// The `Authorization` header for `auth`, marked sensitive so it is never logged.
-fn authorization(auth: &RepoAuth) -> Result<Option<HeaderValue>, SourceError> {
+pub(crate) fn authorization(auth: &RepoAuth) -> Result<Option<HeaderValue>, SourceError> {
     let (value, what, path) = match auth {
         RepoAuth::None | RepoAuth::Mtls { .. } => return Ok(None),
         RepoAuth::Basic {
@@ -765,7 +828,7 @@ fn authorization(auth: &RepoAuth) -> Result<Option<HeaderValue>, SourceError> {
 
 /// The rustls configuration: the configured CA bundle (or the system roots) and, for mutual
 /// TLS, the client certificate.
-fn tls_config(access: &RepoAccess) -> Result<rustls::ClientConfig, SourceError> {
+pub(crate) fn tls_config(access: &RepoAccess) -> Result<rustls::ClientConfig, SourceError> {
     let trust = access.ca.as_deref().map_or(Trust::System, Trust::Bundle);
     let identity = match &access.auth {
         RepoAuth::Mtls { cert, key } => Some((cert.as_path(), key.as_path())),
@@ -821,7 +884,7 @@ fn find_cause<T: std::error::Error + 'static>(err: &gix::Error) -> Option<&T> {
 }
 
 /// `error` and its sources, joined with ": ", leaving out repetitions.
-fn chain_text(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain_text(error: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut current = Some(error);
     while let Some(error) = current {
@@ -894,285 +957,7 @@ mod tests {
     #![allow(clippy::unwrap_used)] // A failed unwrap is a failed test.
 
     use super::*;
-    use std::io::{BufRead, BufReader};
-    use std::process::{Child, Command, Stdio};
-
-    /// A git smart-HTTP server over HTTPS: python3 runs the git CLI's own `git http-backend` as
-    /// CGI. In mode "basic" it wants `Basic woa:s3cret` or `Bearer t0ken`; in mode "mtls" a
-    /// client certificate from the test CA. Every request is logged as "METHOD PATH COMMAND"
-    /// (COMMAND is the protocol v2 command in a POST body) before authentication.
-    const SERVER: &str = r#"
-import base64, gzip, http.server, os, ssl, subprocess, sys
-root, cert, key, ca, log, mode = sys.argv[1:7]
-accepted = {"Basic " + base64.b64encode(b"woa:s3cret").decode(), "Bearer t0ken"}
-backend = os.path.join(subprocess.check_output(["git", "--exec-path"]).decode().strip(), "git-http-backend")
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def read_body(self):
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            body = b""
-            while True:
-                size = int(self.rfile.readline().strip().split(b";")[0], 16)
-                if size == 0:
-                    while self.rfile.readline().strip():
-                        pass
-                    return body
-                body += self.rfile.read(size)
-                self.rfile.readline()
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-    def serve(self, method):
-        path, _, query = self.path.partition("?")
-        body = self.read_body()
-        plain = gzip.decompress(body) if self.headers.get("Content-Encoding") == "gzip" else body
-        command = ""
-        for name in (b"fetch", b"ls-refs"):
-            if b"command=" + name in plain:
-                command = name.decode()
-        with open(log, "a") as f:
-            f.write(f"{method} {path} {command}\n")
-        if mode == "basic" and self.headers.get("Authorization") not in accepted:
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", "Basic realm=git")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        env = {
-            "PATH": os.environ["PATH"],
-            "GIT_PROJECT_ROOT": root,
-            "GIT_HTTP_EXPORT_ALL": "1",
-            "REMOTE_USER": "woa",
-            "PATH_INFO": path,
-            "QUERY_STRING": query,
-            "REQUEST_METHOD": method,
-            "CONTENT_TYPE": self.headers.get("Content-Type", ""),
-            "CONTENT_LENGTH": str(len(body)),
-        }
-        if self.headers.get("Git-Protocol"):
-            env["GIT_PROTOCOL"] = self.headers.get("Git-Protocol")
-        if self.headers.get("Content-Encoding"):
-            env["HTTP_CONTENT_ENCODING"] = self.headers.get("Content-Encoding")
-        out = subprocess.run([backend], input=body, env=env, capture_output=True).stdout
-        sep = b"\r\n\r\n" if b"\r\n\r\n" in out else b"\n\n"
-        head, _, payload = out.partition(sep)
-        status, headers = 200, []
-        for line in head.decode().splitlines():
-            name, _, value = line.partition(":")
-            if name.lower() == "status":
-                status = int(value.split()[0])
-            elif name:
-                headers.append((name, value.strip()))
-        self.send_response(status)
-        for name, value in headers:
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-    def do_GET(self):
-        self.serve("GET")
-    def do_POST(self):
-        self.serve("POST")
-    def log_message(self, *args):
-        pass
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-context.load_cert_chain(cert, key)
-if mode == "mtls":
-    context.verify_mode = ssl.CERT_REQUIRED
-    context.load_verify_locations(ca)
-server.socket = context.wrap_socket(server.socket, server_side=True)
-print(server.server_address[1], flush=True)
-server.serve_forever()
-"#;
-
-    fn new_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
-    }
-
-    /// Runs the git CLI without any system or user configuration.
-    fn git(dir: &Path, args: &[&str]) -> String {
-        let output = Command::new("git")
-            .current_dir(dir)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .args([
-                "-c",
-                "user.name=WOS",
-                "-c",
-                "user.email=wos@example.invalid",
-                "-c",
-                "init.defaultBranch=main",
-                "-c",
-                "commit.gpgsign=false",
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap().trim().to_owned()
-    }
-
-    struct GitServer {
-        child: Child,
-        port: u16,
-        dir: tempfile::TempDir,
-        ca_file: PathBuf,
-        log: PathBuf,
-        work: PathBuf,
-    }
-
-    impl Drop for GitServer {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    impl GitServer {
-        /// Serves the bare repository `desired.git`, filled from a work repository by path.
-        fn start(mode: &str) -> GitServer {
-            let dir = tempfile::tempdir().unwrap();
-            let root = dir.path().join("root");
-            std::fs::create_dir_all(&root).unwrap();
-            git(&root, &["init", "--bare", "desired.git"]);
-            let work = dir.path().join("work");
-            git(dir.path(), &["init", "work"]);
-
-            let ca = new_ca("woa test git CA");
-            let server_key = rcgen::KeyPair::generate().unwrap();
-            let server_cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-                .unwrap()
-                .signed_by(&server_key, &ca)
-                .unwrap();
-            let ca_file = dir.path().join("ca.pem");
-            let cert_file = dir.path().join("server.pem");
-            let key_file = dir.path().join("server.key");
-            std::fs::write(&ca_file, ca.pem()).unwrap();
-            std::fs::write(&cert_file, server_cert.pem()).unwrap();
-            std::fs::write(&key_file, server_key.serialize_pem()).unwrap();
-
-            // A client identity from the same CA, for the mutual TLS test.
-            let client_key = rcgen::KeyPair::generate().unwrap();
-            let mut client_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-            client_params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, "device-1");
-            client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-            let client_cert = client_params.signed_by(&client_key, &ca).unwrap();
-            std::fs::write(dir.path().join("client.pem"), client_cert.pem()).unwrap();
-            std::fs::write(dir.path().join("client.key"), client_key.serialize_pem()).unwrap();
-
-            let mut password = std::fs::File::create(dir.path().join("password")).unwrap();
-            std::io::Write::write_all(&mut password, b"s3cret\n").unwrap();
-
-            let log = dir.path().join("requests.log");
-            let mut child = Command::new("python3")
-                .arg("-c")
-                .arg(SERVER)
-                .arg(&root)
-                .arg(&cert_file)
-                .arg(&key_file)
-                .arg(&ca_file)
-                .arg(&log)
-                .arg(mode)
-                .env("GIT_CONFIG_NOSYSTEM", "1")
-                .env("GIT_CONFIG_GLOBAL", "/dev/null")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("python3 is needed for the git server tests");
-            let mut line = String::new();
-            BufReader::new(child.stdout.take().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            let port = match line.trim().parse() {
-                Ok(port) => port,
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("test git server did not start: {line:?}");
-                }
-            };
-            GitServer {
-                child,
-                port,
-                dir,
-                ca_file,
-                log,
-                work,
-            }
-        }
-
-        fn url(&self) -> String {
-            format!("https://127.0.0.1:{}/desired.git", self.port)
-        }
-
-        fn access(&self) -> RepoAccess {
-            RepoAccess {
-                url: self.url(),
-                branch: "main".to_owned(),
-                ca: Some(self.ca_file.clone()),
-                auth: RepoAuth::Basic {
-                    username: "woa".to_owned(),
-                    password_file: self.dir.path().join("password"),
-                },
-            }
-        }
-
-        fn mirror_dir(&self) -> PathBuf {
-            self.dir.path().join("state").join("mirror")
-        }
-
-        /// Commits `files` (path → content, `None` removes) in the work repository.
-        fn commit(&self, files: &[(&str, Option<&str>)], message: &str) -> String {
-            for (path, content) in files {
-                let file = self.work.join(path);
-                match content {
-                    Some(content) => {
-                        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-                        std::fs::write(&file, content).unwrap();
-                    }
-                    None => std::fs::remove_file(&file).unwrap(),
-                }
-            }
-            git(&self.work, &["add", "-A"]);
-            git(
-                &self.work,
-                &["commit", "--allow-empty", "-q", "-m", message],
-            );
-            git(&self.work, &["rev-parse", "HEAD"])
-        }
-
-        /// Pushes `rev` of the work repository to `branch` of the served repository, forced.
-        fn push(&self, rev: &str, branch: &str) {
-            let target = self.dir.path().join("root").join("desired.git");
-            git(
-                &self.work,
-                &[
-                    "push",
-                    "-q",
-                    "--force",
-                    target.to_str().unwrap(),
-                    &format!("{rev}:refs/heads/{branch}"),
-                ],
-            );
-        }
-
-        fn requests(&self) -> Vec<String> {
-            std::fs::read_to_string(&self.log)
-                .unwrap_or_default()
-                .lines()
-                .map(|line| line.trim_end().to_owned())
-                .collect()
-        }
-    }
+    use crate::testserver::{GitServer, git, new_ca};
 
     fn files(entries: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
         entries

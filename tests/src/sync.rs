@@ -22,6 +22,10 @@ pub struct SyncOptions {
     pub windows: Vec<String>,
     /// `poll.downtime`.
     pub downtime: Vec<String>,
+    /// `status.report`: `http`, `git` or `both`.
+    pub report: String,
+    /// `status.git.debounce`.
+    pub git_debounce: String,
 }
 
 impl Default for SyncOptions {
@@ -31,6 +35,8 @@ impl Default for SyncOptions {
             heartbeat: "5s".into(),
             windows: Vec::new(),
             downtime: Vec::new(),
+            report: "http".into(),
+            git_debounce: "2s".into(),
         }
     }
 }
@@ -52,12 +58,15 @@ impl Sync {
         let config = format!(
             "state_dir = {state}\n\
              [poll]\ninterval = \"{interval}\"\njitter = \"0s\"\nwindows = {windows}\ndowntime = {downtime}\n\
-             [status]\nheartbeat = \"{heartbeat}\"\n\
+             [status]\nheartbeat = \"{heartbeat}\"\nreport = \"{report}\"\n\
+             [status.git]\ndebounce = \"{debounce}\"\n\
              [deploy]\nendpoint = \"https://{address}\"\nserver_name = \"localhost\"\n\
              ca = {ca}\ncert = {cert}\nkey = {key}\n",
             state = q(&dir.path().join("state")),
             interval = options.poll_interval,
             heartbeat = options.heartbeat,
+            report = options.report,
+            debounce = options.git_debounce,
             windows = list(&options.windows),
             downtime = list(&options.downtime),
             address = deploy.address(),

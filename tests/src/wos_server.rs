@@ -239,6 +239,17 @@ impl WosServer {
         changes: &[(&str, Option<&[u8]>)],
         message: &str,
     ) -> Result<String> {
+        self.commit_to(client_id, "main", changes, message)
+    }
+
+    /// Like [`WosServer::commit`], on `branch`, which must exist unless it is `main`.
+    pub fn commit_to(
+        &self,
+        client_id: &str,
+        branch: &str,
+        changes: &[(&str, Option<&[u8]>)],
+        message: &str,
+    ) -> Result<String> {
         let scratch = tempfile::tempdir()?;
         let work = scratch.path().join("work");
         run(git()
@@ -246,6 +257,12 @@ impl WosServer {
             .arg(self.repo_dir(client_id))
             .arg(&work))
         .context("cloning the device repository")?;
+        if branch != "main" {
+            run(git()
+                .current_dir(&work)
+                .args(["checkout", "--quiet", branch]))
+            .with_context(|| format!("checking out {branch}"))?;
+        }
         for (path, content) in changes {
             let file = work.join(path);
             match content {
@@ -273,10 +290,20 @@ impl WosServer {
         ]))?;
         run(git()
             .current_dir(&work)
-            .args(["push", "--quiet", "origin", "HEAD:refs/heads/main"]))
+            .args(["push", "--quiet", "origin"])
+            .arg(format!("HEAD:refs/heads/{branch}")))
         .context("pushing to the device repository")?;
         let commit = run(git().current_dir(&work).args(["rev-parse", "HEAD"]))?;
         Ok(commit.trim().to_owned())
+    }
+
+    /// Runs `git --git-dir <the device's bare repository> <args>` on the server's disk and
+    /// returns its standard output.
+    pub fn git_in_repo(&self, client_id: &str, args: &[&str]) -> Result<String> {
+        run(git()
+            .arg("--git-dir")
+            .arg(self.repo_dir(client_id))
+            .args(args))
     }
 
     /// Points `main` of `client_id`'s repository at `commit_id` (an older commit): a history

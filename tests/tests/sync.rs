@@ -504,3 +504,143 @@ fn a_pre_provisioned_device_enrolls_manually_and_pulls_with_its_certificate() ->
     .context("never installed at the WOS")?;
     Ok(())
 }
+
+/// The status file of `deployment_id` on the status branch, as the git CLI reads it from the
+/// server's repository; `None` while it is not there.
+fn status_file(rig: &Rig, deployment_id: &str) -> Option<Value> {
+    let path = format!("woa/status:status/{deployment_id}.json");
+    let text = rig.wos.git_in_repo(&rig.client, &["show", &path]).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn status_tip(rig: &Rig) -> Result<String> {
+    Ok(rig
+        .wos
+        .git_in_repo(&rig.client, &["rev-parse", "refs/heads/woa/status"])?
+        .trim()
+        .to_owned())
+}
+
+/// Waits until the status branch says `state` for `deployment_id` at `revision`.
+fn wait_for_status_file(rig: &Rig, deployment_id: &str, revision: &str, state: &str) -> Result<()> {
+    let mut last = None;
+    wait_until(CONVERGE, || {
+        let file = status_file(rig, deployment_id);
+        let done = file
+            .as_ref()
+            .is_some_and(|f| f["revision"] == revision && f["status"]["state"] == state);
+        last = file;
+        Ok(done.then_some(()))
+    })
+    .with_context(|| format!("the status branch never said {state} at {revision}: {last:#?}"))
+}
+
+#[test]
+fn the_current_state_is_committed_to_the_status_branch() -> Result<()> {
+    let rig = Rig::start(
+        RepoAuthKind::Basic,
+        SyncOptions {
+            report: "both".into(),
+            // Long enough for a rollout (installing, then installed) to make one commit.
+            git_debounce: "5s".into(),
+            ..SyncOptions::default()
+        },
+    )?;
+    let app = rig.app("mirrored")?;
+    let c1 = rig.commit_app(&app, "mirrored", "v1")?;
+    wait_for_status_file(&rig, app.id(), &c1, "installed")?;
+    let device: Value = serde_json::from_str(
+        &rig.wos
+            .git_in_repo(&rig.client, &["show", "woa/status:status/device.json"])?,
+    )?;
+    assert_eq!(device["appliedRevision"], c1.as_str(), "{device:#}");
+    assert_eq!(device["clientId"], rig.client.as_str(), "{device:#}");
+    let message = rig
+        .wos
+        .git_in_repo(&rig.client, &["log", "-1", "--format=%s", "woa/status"])?;
+    assert!(
+        message.contains(&c1),
+        "the message names no revision: {message}"
+    );
+
+    // No change, no commit.
+    let tip = status_tip(&rig)?;
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(status_tip(&rig)?, tip, "a commit without a change");
+
+    // One change of state, one commit.
+    let c2 = rig.commit_app(&app, "mirrored", "v2")?;
+    wait_for_status_file(&rig, app.id(), &c2, "installed")?;
+    let count = rig.wos.git_in_repo(
+        &rig.client,
+        &["rev-list", "--count", &format!("{tip}..woa/status")],
+    )?;
+    assert_eq!(count.trim(), "1", "commits for one change");
+
+    // Another writer on the branch: its commit stays, ours goes on top.
+    rig.wos.commit_to(
+        &rig.client,
+        "woa/status",
+        &[("README.md", Some(b"written by the WOS".as_slice()))],
+        "WOS note",
+    )?;
+    let c3 = rig.commit_app(&app, "mirrored", "v3")?;
+    wait_for_status_file(&rig, app.id(), &c3, "installed")?;
+    let log = rig
+        .wos
+        .git_in_repo(&rig.client, &["log", "--format=%s", "woa/status"])?;
+    assert!(
+        log.contains("WOS note"),
+        "the other writer's commit is gone:\n{log}"
+    );
+    let readme = rig
+        .wos
+        .git_in_repo(&rig.client, &["show", "woa/status:README.md"])?;
+    assert_eq!(readme, "written by the WOS");
+
+    // The desired-state branch is never written, and what was pushed is sound.
+    let main = rig.wos.git_in_repo(&rig.client, &["rev-parse", "main"])?;
+    assert_eq!(main.trim(), c3);
+    rig.wos
+        .git_in_repo(&rig.client, &["fsck", "--strict", "--no-progress"])?;
+    // The HTTP side kept working beside it.
+    rig.wait_for_wos(app.id(), &c3, "installed")?;
+    Ok(())
+}
+
+#[test]
+fn a_repository_that_refuses_writes_gives_one_clear_error_and_pulling_goes_on() -> Result<()> {
+    let rig = Rig::start(
+        RepoAuthKind::Basic,
+        SyncOptions {
+            report: "git".into(),
+            poll_interval: "4s".into(),
+            git_debounce: "1s".into(),
+            ..SyncOptions::default()
+        },
+    )?;
+    rig.wos
+        .git_in_repo(&rig.client, &["config", "http.receivepack", "false"])?;
+    let app = rig.app("readonly")?;
+    let c1 = rig.commit_app(&app, "readonly", "v1")?;
+    rig.deploy.wait_for(app.id(), &c1, "INSTALLED")?;
+    rig.wait_for_answer(app.id(), "v1")?;
+    std::thread::sleep(Duration::from_secs(6));
+
+    let mut rig = rig;
+    assert!(rig.sync.is_running(), "woa-sync exited");
+    let log = rig.sync.log();
+    let errors = log.matches("could not write the status branch").count();
+    assert!(
+        (1..=3).contains(&errors),
+        "{errors} errors in about two poll intervals:\n{log}"
+    );
+    assert!(log.contains("refused writing the status branch"), "{log}");
+    let secret = std::fs::read_to_string(rig.sync.state_dir().join("repository-secret"))?;
+    assert!(!log.contains(secret.trim()), "a secret in the log");
+    // Nothing was written, and the desired state still flows.
+    assert!(status_tip(&rig).is_err(), "a status branch appeared");
+    let c2 = rig.commit_app(&app, "readonly", "v2")?;
+    rig.deploy.wait_for(app.id(), &c2, "INSTALLED")?;
+    Ok(())
+}
