@@ -4,6 +4,7 @@
 #      the git CLI against the same repository on the same server
 #   2. time from `git push` (git CLI, over HTTPS) to the app running and to `installed` at the WOS
 #   3. RSS of woa-sync: after start, after 600 no-change polls, after 600 failed polls (WOS down)
+#   4. one status push to the status branch (status.report = "git"): requests, bytes and time
 # Needs: a Docker engine, git, python3, rustc, curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,7 +64,7 @@ EOF
 "$BIN/woa-deploy" serve --config "$WORK/deploy.toml" >"$WORK/deploy.log" 2>&1 & PIDS+=($!)
 
 # The sync service, enrolled with a token; a 1 s poll, and no heartbeat during the measures.
-sync_config() { # POLL_INTERVAL
+sync_config() { # POLL_INTERVAL [REPORT]
   cat > "$WORK/sync.toml" <<EOF
 state_dir = "$WORK/sync"
 [poll]
@@ -71,6 +72,9 @@ interval = "$1"
 jitter = "0s"
 [status]
 heartbeat = "1h"
+report = "${2:-http}"
+[status.git]
+debounce = "0s"
 [deploy]
 endpoint = "https://127.0.0.1:$DEPLOY_PORT"
 server_name = "localhost"
@@ -171,6 +175,35 @@ f0=$(grep -c 'poll failed' "$WORK/sync.log" || true)
 while [ $(( $(grep -c 'poll failed' "$WORK/sync.log" || true) - f0 )) -lt 600 ]; do sleep 1; done
 RSS_DOWN=$(rss_kib "$SYNC")
 
+# 4. Status pushes: the first one creates the branch; then each new version makes one push.
+kill "$SYNC"; wait "$SYNC" 2>/dev/null || true
+"$BIN/woa-testkit" wos --listen "127.0.0.1:$WOS_PORT" --data "$WORK/wos" --token bench >>"$WORK/wos.log" 2>&1 & WOS=$!; PIDS+=($WOS)
+for _ in $(seq 100); do curl -fs --cacert "$WORK/wos/server-ca.pem" "$WOS_URL/admin/devices" >/dev/null 2>&1 && break; sleep 0.1; done
+sync_config 1s git
+start_sync
+pushes() { grep -c 'status committed' "$WORK/sync.log" || true; }
+until [ "$(pushes)" -ge 1 ]; do sleep 0.2; done
+sleep 1
+PUSH_MS=(); PUSH_REQ=(); PUSH_OUT=(); PUSH_IN=()
+for round in 4 5 6; do
+  clear_requests
+  n=$(pushes)
+  commit_app "v$round"
+  (cd "$WORK/repo" && "${G[@]}" push -q "$REMOTE" HEAD:main 2>/dev/null)
+  # installing, then installed: wait for the push of the final state, then for quiet.
+  REV=$(cd "$WORK/repo" && git rev-parse HEAD)
+  until git --git-dir "$WORK/wos/repos/$CLIENT.git" show "woa/status:status/$ID.json" 2>/dev/null | grep -q "$REV" &&
+        git --git-dir "$WORK/wos/repos/$CLIENT.git" show "woa/status:status/$ID.json" | grep -q '"installed"'; do sleep 0.1; done
+  sleep 1
+  read -r req out in < <(admin "$WOS_URL/admin/requests" | python3 -c '
+import json, sys
+r = [x for x in json.load(sys.stdin) if "receive-pack" in (x["path"] + (x.get("query") or ""))]
+print(len(r), sum(x["bytesIn"] for x in r), sum(x["bytesOut"] for x in r))')
+  made=$(( $(pushes) - n )); [ "$made" -gt 0 ] || made=1
+  PUSH_REQ+=("$(echo "scale=1; $req/$made" | bc)"); PUSH_OUT+=("$(( out / made ))"); PUSH_IN+=("$(( in / made ))")
+  PUSH_MS+=("$(grep 'status committed' "$WORK/sync.log" | tail -n "$made" | sed -n 's/.*elapsed_ms=\([0-9]*\).*/\1/p' | tr '\n' ' ')")
+done
+
 mib() { echo "scale=1; $1/1024" | bc; }
 printf '\n%-52s %s\n' "measure" "value"
 printf '%-52s woa-sync %s req, %s B out, %s B in | git fetch %s req, %s B out, %s B in\n' \
@@ -183,3 +216,5 @@ printf '%-52s %s s\n' "git push -> installed at the WOS" "${PUSH_INSTALLED[*]}"
 printf '%-52s %s MiB\n' "woa-sync RSS after start" "$(mib "$RSS_START")"
 printf '%-52s %s MiB\n' "woa-sync RSS after 600 no-change polls" "$(mib "$RSS_POLLS")"
 printf '%-52s %s MiB\n' "woa-sync RSS after 600 failed polls (WOS down)" "$(mib "$RSS_DOWN")"
+printf '%-52s %s req, %s B out, %s B in per push\n' "status push (receive-pack requests, bodies)" "${PUSH_REQ[*]}" "${PUSH_OUT[*]}" "${PUSH_IN[*]}"
+printf '%-52s %s ms\n' "status push time (fetch of the advertisement to report)" "${PUSH_MS[*]}"

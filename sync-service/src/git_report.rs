@@ -126,6 +126,7 @@ impl GitReporter {
                     if published.as_ref() == Some(&files) {
                         continue;
                     }
+                    let started = Instant::now();
                     let pushed = tokio::select! {
                         pushed = self.publish(&mut branch, files.clone(), message) => pushed,
                         () = cancel.cancelled() => return,
@@ -133,7 +134,8 @@ impl GitReporter {
                     match pushed {
                         Ok(commit) => {
                             if let Some(commit) = commit {
-                                tracing::info!(%commit, branch = %self.branch, "status committed");
+                                let elapsed_ms = started.elapsed().as_millis();
+                                tracing::info!(%commit, branch = %self.branch, elapsed_ms, "status committed");
                             }
                             published = Some(files);
                             backoff.reset();
