@@ -48,6 +48,8 @@ struct DeviceStatus<'a> {
 
 /// The git reporter's settings.
 pub struct GitReporter {
+    /// The status branch, opened (and so checked) at start.
+    pub status: Option<StatusBranch>,
     /// The local repository used to build status commits.
     pub local_dir: PathBuf,
     /// The device repository (the desired-state branch is never written).
@@ -82,7 +84,7 @@ pub struct GitReporter {
 impl GitReporter {
     /// Reports until `cancel`.
     pub async fn run(mut self, cancel: CancellationToken) {
-        let mut branch: Option<StatusBranch> = None;
+        let mut branch = self.status.take();
         let mut published: Option<BTreeMap<String, Vec<u8>>> = None;
         let mut poll_stamp: Option<String> = None;
         let mut capabilities_digest: Option<String> = None;
@@ -108,7 +110,14 @@ impl GitReporter {
                 }
                 _ = heartbeat.tick() => {
                     poll_stamp = self.last_poll.borrow().map(|t| t.to_string());
-                    capabilities_digest = self.capabilities_digest().await.or(capabilities_digest);
+                    let digest = tokio::select! {
+                        digest = self.capabilities_digest() => digest,
+                        () = cancel.cancelled() => return,
+                    };
+                    capabilities_digest = digest.or(capabilities_digest);
+                    // Also rewrites what a WOS reset or another writer changed meanwhile; an
+                    // unchanged tree costs one request and no commit.
+                    published = None;
                     due = Some(Instant::now());
                 }
                 () = sleep_until(due) => {
@@ -142,6 +151,13 @@ impl GitReporter {
                             last_error = None;
                         }
                         Err(e) => {
+                            if matches!(e, SourceError::Mirror { .. }) {
+                                // The local repository is damaged: build it anew next time.
+                                branch = None;
+                                if let Err(remove) = std::fs::remove_dir_all(&self.local_dir) {
+                                    tracing::warn!(error = %remove, "could not remove the damaged status repository");
+                                }
+                            }
                             self.log_failure(&e, &mut last_error);
                             due = Some(Instant::now() + backoff.next_delay());
                         }
@@ -160,7 +176,13 @@ impl GitReporter {
     ) -> Option<(BTreeMap<String, Vec<u8>>, String)> {
         let state = self.states.borrow();
         let state = state.as_ref()?;
-        let problem = self.problems.borrow();
+        // A push reaching the repository proves it reachable: an "unavailable" problem from
+        // the pull loop is stale by then and would be committed as a false state.
+        let problem = self
+            .problems
+            .borrow()
+            .clone()
+            .filter(|p| p.code != "ERR_REPOSITORY_UNAVAILABLE");
         let mut files = BTreeMap::new();
         for d in &state.deployments {
             let manifest = decorate(&d.manifest_json, problem.as_ref());

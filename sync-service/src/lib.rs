@@ -65,7 +65,16 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         report = ?config.status.report,
         "woa-sync running"
     );
-    let git_reporter = config.status.report.git().then(|| git_report::GitReporter {
+    let status = match config.status.report.git() {
+        true => Some(status_push::StatusBranch::open(
+            &layout.status_repository(),
+            &config.status.git.branch,
+            &config.status.git.dir,
+        )?),
+        false => None,
+    };
+    let git_reporter = status.map(|status| git_report::GitReporter {
+        status: Some(status),
         local_dir: layout.status_repository(),
         access: resolved.repository.clone(),
         branch: config.status.git.branch.clone(),

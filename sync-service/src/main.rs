@@ -158,5 +158,9 @@ async fn enroll(state_dir: &Path, args: EnrollArgs) -> woa_sync::Result<()> {
 }
 
 fn block_on<F: std::future::Future<Output = woa_sync::Result<()>>>(f: F) -> anyhow::Result<()> {
-    Ok(tokio::runtime::Runtime::new()?.block_on(f)?)
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(f);
+    // A fetch or push in a blocking thread cannot be interrupted: do not wait for it long.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    Ok(result?)
 }

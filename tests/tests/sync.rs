@@ -598,13 +598,42 @@ fn the_current_state_is_committed_to_the_status_branch() -> Result<()> {
         .git_in_repo(&rig.client, &["show", "woa/status:README.md"])?;
     assert_eq!(readme, "written by the WOS");
 
+    // The WOS resets the branch to a new root commit: the next status builds on that.
+    let empty_tree = rig.wos.git_in_repo(
+        &rig.client,
+        &["hash-object", "-t", "tree", "-w", "/dev/null"],
+    )?;
+    let reset = rig.wos.git_in_repo(
+        &rig.client,
+        &[
+            "-c",
+            "user.name=WOS",
+            "-c",
+            "user.email=wos@woa.test",
+            "commit-tree",
+            empty_tree.trim(),
+            "-m",
+            "reset by the WOS",
+        ],
+    )?;
+    rig.wos.git_in_repo(
+        &rig.client,
+        &["update-ref", "refs/heads/woa/status", reset.trim()],
+    )?;
+    let c4 = rig.commit_app(&app, "mirrored", "v4")?;
+    wait_for_status_file(&rig, app.id(), &c4, "installed")?;
+    let parent = rig
+        .wos
+        .git_in_repo(&rig.client, &["rev-list", "--max-parents=0", "woa/status"])?;
+    assert_eq!(parent.trim(), reset.trim(), "not built on the reset branch");
+
     // The desired-state branch is never written, and what was pushed is sound.
     let main = rig.wos.git_in_repo(&rig.client, &["rev-parse", "main"])?;
-    assert_eq!(main.trim(), c3);
+    assert_eq!(main.trim(), c4);
     rig.wos
         .git_in_repo(&rig.client, &["fsck", "--strict", "--no-progress"])?;
     // The HTTP side kept working beside it.
-    rig.wait_for_wos(app.id(), &c3, "installed")?;
+    rig.wait_for_wos(app.id(), &c4, "installed")?;
     Ok(())
 }
 
