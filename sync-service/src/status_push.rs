@@ -567,6 +567,18 @@ impl Remote {
                 status: status.as_u16(),
             });
         }
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|value| value.to_str().ok())
+                .map(without_credentials)
+                .unwrap_or_default();
+            return Err(self.failed(format!(
+                "the server redirects the push to {location:?} (HTTP {}); configure that repository URL",
+                status.as_u16()
+            )));
+        }
         if !status.is_success() {
             return Err(SourceError::HttpStatus {
                 url: self.display_url.clone(),
@@ -580,7 +592,9 @@ impl Remote {
             .and_then(|value| value.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        if answered != content_type {
+        // Only the media type counts: `; charset=…` and the like may follow it.
+        let media_type = answered.split(';').next().unwrap_or_default().trim();
+        if !media_type.eq_ignore_ascii_case(content_type) {
             return Err(self.failed(format!(
                 "the server answered {answered:?} instead of {content_type:?}; it does not offer pushing over the smart HTTP protocol"
             )));
@@ -726,11 +740,17 @@ fn parse_advertisement(
         capabilities: Vec::new(),
     };
     let mut first = true;
+    let mut flushed = false;
     for line in lines {
         let Some(line) = line else {
+            flushed = true;
             break;
         };
         let line = trim_newline(line);
+        if !first && line.starts_with(b"shallow ") {
+            // A shallow server repository lists its shallow commits after the refs.
+            continue;
+        }
         let (reference, capabilities) = match line.iter().position(|&b| b == 0) {
             Some(nul) => (&line[..nul], Some(&line[nul + 1..])),
             None => (line, None),
@@ -768,6 +788,10 @@ fn parse_advertisement(
     }
     if first {
         return Err("the server advertised no refs and no capabilities".to_owned());
+    }
+    if !flushed {
+        // Cut short: a missing ref would look like an absent branch.
+        return Err("the ref advertisement ends without a flush".to_owned());
     }
     if let Some(format) = advertisement
         .capabilities
@@ -1465,6 +1489,22 @@ mod tests {
             parse_advertisement(&with_refs, "refs/heads/woa/status", gix::hash::Kind::Sha1)
                 .unwrap();
         assert_eq!(parsed.tip, Some(one));
+
+        // Shallow lines after the refs are skipped; a list cut before its flush is refused.
+        let shallow = pkts(&[
+            Some(format!("{one} refs/heads/woa/status\0report-status\n").as_bytes()),
+            Some(format!("shallow {one}\n").as_bytes()),
+            None,
+        ]);
+        let parsed =
+            parse_advertisement(&shallow, "refs/heads/woa/status", gix::hash::Kind::Sha1).unwrap();
+        assert_eq!(parsed.tip, Some(one));
+        let cut = pkts(&[Some(
+            format!("{zero} refs/heads/main\0report-status\n").as_bytes(),
+        )]);
+        let message =
+            parse_advertisement(&cut, "refs/heads/woa/status", gix::hash::Kind::Sha1).unwrap_err();
+        assert!(message.contains("without a flush"), "{message}");
 
         let error = pkts(&[Some(b"ERR access denied\n")]);
         let message =
