@@ -230,8 +230,14 @@ fn statuses_made_while_the_wos_is_unreachable_arrive_after_it_returns() -> Resul
     let c2 = rig.commit_app(&app, "steady", "v2")?;
     rig.wait_for_answer(app.id(), "v2")?;
     rig.deploy.wait_for(app.id(), &c2, "INSTALLED")?;
+    let outbox_path = rig.sync.state_dir().join("outbox.json");
+    wait_until(CONVERGE, || {
+        let outbox = std::fs::read_to_string(&outbox_path).unwrap_or_default();
+        Ok(outbox.contains(&c2).then_some(()))
+    })
+    .context("the new status never reached the outbox")?;
     rig.sync.kill9()?;
-    let outbox = std::fs::read_to_string(rig.sync.state_dir().join("outbox.json"))?;
+    let outbox = std::fs::read_to_string(&outbox_path)?;
     assert!(outbox.contains(&c2), "the outbox lost the status: {outbox}");
     rig.sync.start()?;
     std::thread::sleep(Duration::from_secs(2));
@@ -546,8 +552,9 @@ fn the_current_state_is_committed_to_the_status_branch() -> Result<()> {
         RepoAuthKind::Basic,
         SyncOptions {
             report: "both".into(),
-            // Long enough for a rollout (installing, then installed) to make one commit.
-            git_debounce: "5s".into(),
+            // Long enough for a rollout (installing, then installed) to make one commit,
+            // also on a busy machine.
+            git_debounce: "8s".into(),
             ..SyncOptions::default()
         },
     )?;
@@ -570,7 +577,7 @@ fn the_current_state_is_committed_to_the_status_branch() -> Result<()> {
 
     // No change, no commit.
     let tip = status_tip(&rig)?;
-    std::thread::sleep(Duration::from_secs(8));
+    std::thread::sleep(Duration::from_secs(10));
     assert_eq!(status_tip(&rig)?, tip, "a commit without a change");
 
     // One change of state, one commit.
