@@ -65,13 +65,15 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         report = ?config.status.report,
         "woa-sync running"
     );
-    let status = match config.status.report.git() {
-        true => Some(status_push::StatusBranch::open(
+    // Opened here so a bad branch name or directory stops the start, not every push.
+    let status = if config.status.report.git() {
+        Some(status_push::StatusBranch::open(
             &layout.status_repository(),
             &config.status.git.branch,
             &config.status.git.dir,
-        )?),
-        false => None,
+        )?)
+    } else {
+        None
     };
     let git_reporter = status.map(|status| git_report::GitReporter {
         status: Some(status),
