@@ -6,6 +6,7 @@
 
 mod archive;
 mod binaries;
+pub mod conformance;
 mod deploy;
 mod desired;
 mod docker;

@@ -2,6 +2,8 @@
 //!
 //! - `woa-testkit wos`: a reference WOS (enrollment REST API + per-device git repositories over
 //!   HTTPS), see `woa_tests::wos`.
+//! - `woa-testkit conformance`: checks a deployment service against the `woa.deploy.v1`
+//!   contract, see `woa_tests::conformance`.
 
 use std::process::ExitCode;
 
@@ -21,6 +23,15 @@ struct Cli {
 enum Command {
     /// Run a reference WOS (orchestrator): onboarding, status API and git repositories.
     Wos(woa_tests::wos::WosOptions),
+    /// Check a deployment service against the woa.deploy.v1 contract (proto/README.md).
+    ///
+    /// Runs the cases in order and prints `PASS <case>` or `FAIL <case>: <reason>` for each,
+    /// then `N passed, M failed`; exits non-zero when a case failed.
+    ///
+    /// The suite owns the target while it runs: ApplyDesiredState replaces the whole desired
+    /// state, so every deployment the target ran before is removed, and the target is left
+    /// with an empty desired state. Never point it at a device running real workloads.
+    Conformance(woa_tests::conformance::ConformanceOptions),
 }
 
 #[tokio::main]
@@ -38,17 +49,33 @@ async fn main() -> ExitCode {
                 && std::env::var_os("NO_COLOR").is_none(),
         )
         .init();
+    let options = match cli.command {
+        Command::Wos(options) => options,
+        Command::Conformance(options) => return conformance(&options).await,
+    };
     let cancel = CancellationToken::new();
     tokio::spawn(stop_on_signal(cancel.clone()));
-    let result = match cli.command {
-        Command::Wos(options) => woa_tests::wos::serve(options, cancel).await,
-    };
+    let result = woa_tests::wos::serve(options, cancel).await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "woa-testkit failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Runs the conformance suite, printing each case as it ends, then the summary.
+async fn conformance(options: &woa_tests::conformance::ConformanceOptions) -> ExitCode {
+    let report = woa_tests::conformance::run_reporting(options, |case| {
+        println!("{}", case.line());
+    })
+    .await;
+    println!("{}", report.summary());
+    if report.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
