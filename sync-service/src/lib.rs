@@ -133,6 +133,28 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
     Ok(())
 }
 
+/// Posts the device capabilities once, right after enrollment (`run` keeps them current).
+/// They come from the deployment service, so this needs it running.
+pub async fn post_capabilities(config: &Config) -> Result<()> {
+    config.check_deploy_link()?;
+    let resolved = identity::resolve(config)?;
+    let deployer = deploy_link::Deployer::new(&config.deploy)?;
+    let capabilities = tokio::time::timeout(Duration::from_secs(10), deployer.capabilities())
+        .await
+        .map_err(|_| Error::Deploy {
+            operation: "GetCapabilities",
+            message: "no answer within 10 s".into(),
+        })??;
+    let manifest = report::with_device_id(&capabilities.manifest_json, &resolved.device_id);
+    let wos = wos::Wos::new(
+        &resolved.wos_url,
+        resolved.wos_ca.as_deref(),
+        Some((&resolved.identity.0, &resolved.identity.1)),
+    )?;
+    wos.put_capabilities(&resolved.client_id, manifest.as_bytes())
+        .await
+}
+
 /// A random wait in `[0, max]`.
 fn jitter(max: Duration) -> Duration {
     let max_ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);

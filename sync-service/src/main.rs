@@ -91,7 +91,14 @@ fn main() -> ExitCode {
         Command::DeviceId => woa_sync::device_id(&config.state_dir)
             .map(|id| println!("{id}"))
             .map_err(anyhow::Error::from),
-        Command::Enroll(args) => block_on(enroll(&config.state_dir, *args)),
+        Command::Enroll(args) => block_on(enroll(&config.state_dir, *args)).map(|()| {
+            // Trust is set up: tell the WOS what this device can run, if the deployment
+            // service is there to say it; `run` posts them otherwise.
+            match block_on(woa_sync::post_capabilities(&config)) {
+                Ok(()) => println!("capabilities posted"),
+                Err(e) => println!("capabilities not posted yet ({e}); `woa-sync run` posts them"),
+            }
+        }),
         Command::Run => block_on(async {
             let cancel = woa_common::shutdown::on_signal();
             woa_sync::run(config, cancel).await

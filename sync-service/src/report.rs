@@ -299,7 +299,7 @@ pub(crate) fn decorate(manifest_json: &str, problem: Option<&PullProblem>) -> St
 }
 
 /// The capabilities manifest with `properties.id` set to the device id.
-fn with_device_id(manifest_json: &str, device_id: &str) -> String {
+pub(crate) fn with_device_id(manifest_json: &str, device_id: &str) -> String {
     let Ok(mut value) = serde_json::from_str::<serde_json::Value>(manifest_json) else {
         return manifest_json.to_owned();
     };

@@ -484,6 +484,13 @@ fn a_pre_provisioned_device_enrolls_manually_and_pulls_with_its_certificate() ->
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // Trust is set up: the capabilities are there before `run` starts.
+    let device = wos.device(client)?;
+    assert_eq!(
+        device["capabilities"]["properties"]["id"],
+        device_id.trim(),
+        "{device:#}"
+    );
     let key_mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(sync.state_dir().join("device-key.pem"))?.permissions(),
     );
