@@ -11,6 +11,13 @@ use woa_proto::v1::deployment_service_client::DeploymentServiceClient;
 use crate::config::DeployLink;
 use crate::{Error, Result};
 
+/// How long the deployment service may take to store a desired state (it may download
+/// packages meanwhile).
+const APPLY_DEADLINE: Duration = Duration::from_secs(600);
+
+/// How long the deployment service may take to report the capabilities (it asks the engine).
+const CAPABILITIES_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Largest message either way: a desired state with the files it references.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
@@ -52,27 +59,21 @@ impl Deployer {
         Ok(Self { client })
     }
 
-    /// `ApplyDesiredState`.
+    /// `ApplyDesiredState`, bounded by [`APPLY_DEADLINE`].
     pub async fn apply(
         &self,
         request: pb::ApplyDesiredStateRequest,
     ) -> Result<pb::ApplyDesiredStateResponse> {
-        self.client
-            .clone()
-            .apply_desired_state(request)
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|s| failed("ApplyDesiredState", s))
+        let mut client = self.client.clone();
+        let call = client.apply_desired_state(request);
+        unary("ApplyDesiredState", APPLY_DEADLINE, call).await
     }
 
-    /// `GetCapabilities`.
+    /// `GetCapabilities`, bounded by [`CAPABILITIES_DEADLINE`].
     pub async fn capabilities(&self) -> Result<pb::DeviceCapabilities> {
-        self.client
-            .clone()
-            .get_capabilities(pb::GetCapabilitiesRequest {})
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|s| failed("GetCapabilities", s))
+        let mut client = self.client.clone();
+        let call = client.get_capabilities(pb::GetCapabilitiesRequest {});
+        unary("GetCapabilities", CAPABILITIES_DEADLINE, call).await
     }
 
     /// `WatchCurrentState`: the full current state now and after every change.
@@ -83,6 +84,24 @@ impl Deployer {
             .await
             .map(tonic::Response::into_inner)
             .map_err(|s| failed("WatchCurrentState", s))
+    }
+}
+
+/// One unary call with a deadline: a hung deployment service or engine must not hang the
+/// caller.
+async fn unary<T>(
+    operation: &'static str,
+    deadline: Duration,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T> {
+    match tokio::time::timeout(deadline, call).await {
+        Ok(answer) => answer
+            .map(tonic::Response::into_inner)
+            .map_err(|s| failed(operation, s)),
+        Err(_) => Err(Error::Deploy {
+            operation,
+            message: format!("no answer within {deadline:?}"),
+        }),
     }
 }
 

@@ -21,14 +21,11 @@ use woa_common::backoff::Backoff;
 use woa_proto::v1 as pb;
 
 use crate::deploy_link::Deployer;
-use crate::pull::PullProblem;
+use crate::pull::{ERR_REPOSITORY_UNAVAILABLE, PullProblem};
 use crate::report::{decorate, sleep_until};
 use crate::source::{RepoAccess, SourceError};
 use crate::status_push::StatusBranch;
 use crate::window::Schedule;
-
-/// How long the deployment service may take to answer `GetCapabilities`.
-const CAPABILITIES_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `device.json`: who the device is and how far it got.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -182,7 +179,7 @@ impl GitReporter {
             .problems
             .borrow()
             .clone()
-            .filter(|p| p.code != "ERR_REPOSITORY_UNAVAILABLE");
+            .filter(|p| p.code != ERR_REPOSITORY_UNAVAILABLE);
         let mut files = BTreeMap::new();
         for d in &state.deployments {
             let manifest = decorate(&d.manifest_json, problem.as_ref());
@@ -262,10 +259,7 @@ impl GitReporter {
     }
 
     async fn capabilities_digest(&self) -> Option<String> {
-        let answer = tokio::time::timeout(CAPABILITIES_TIMEOUT, self.deployer.capabilities())
-            .await
-            .ok()?
-            .ok()?;
+        let answer = self.deployer.capabilities().await.ok()?;
         Some(hex::encode(Sha256::digest(answer.manifest_json.as_bytes())))
     }
 }

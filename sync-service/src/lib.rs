@@ -39,11 +39,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
     let (polling, downtime) = config.windows()?;
     let schedule = Arc::new(window::Schedule::new(polling, downtime));
     let layout = identity::Layout::new(&config.state_dir);
-    let wos = wos::Wos::new(
-        &resolved.wos_url,
-        resolved.wos_ca.as_deref(),
-        Some((&resolved.identity.0, &resolved.identity.1)),
-    )?;
+    let wos = wos_client(&resolved)?;
     if config.status.report.git() && config.status.git.branch == resolved.repository.branch {
         return Err(woa_common::Error::Config(format!(
             "status.git.branch {:?} is the desired-state branch, which is never written",
@@ -139,20 +135,20 @@ pub async fn post_capabilities(config: &Config) -> Result<()> {
     config.check_deploy_link()?;
     let resolved = identity::resolve(config)?;
     let deployer = deploy_link::Deployer::new(&config.deploy)?;
-    let capabilities = tokio::time::timeout(Duration::from_secs(10), deployer.capabilities())
-        .await
-        .map_err(|_| Error::Deploy {
-            operation: "GetCapabilities",
-            message: "no answer within 10 s".into(),
-        })??;
+    let capabilities = deployer.capabilities().await?;
     let manifest = report::with_device_id(&capabilities.manifest_json, &resolved.device_id);
-    let wos = wos::Wos::new(
+    wos_client(&resolved)?
+        .put_capabilities(&resolved.client_id, manifest.as_bytes())
+        .await
+}
+
+/// The WOS client, presenting the device certificate.
+fn wos_client(resolved: &identity::Resolved) -> Result<wos::Wos> {
+    wos::Wos::new(
         &resolved.wos_url,
         resolved.wos_ca.as_deref(),
         Some((&resolved.identity.0, &resolved.identity.1)),
-    )?;
-    wos.put_capabilities(&resolved.client_id, manifest.as_bytes())
-        .await
+    )
 }
 
 /// A random wait in `[0, max]`.

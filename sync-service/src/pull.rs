@@ -29,14 +29,17 @@ const TREE_LIMIT: u64 = 48 << 20;
 /// The first retry after a failure; later ones double up to the poll interval.
 const RETRY_BASE: Duration = Duration::from_secs(2);
 
-/// How long the deployment service may take to store a desired state (it may download
-/// packages meanwhile).
-const APPLY_TIMEOUT: Duration = Duration::from_secs(600);
+/// The repository refused the credentials.
+pub const ERR_REPOSITORY_AUTH: &str = "ERR_REPOSITORY_AUTH";
+/// The repository could not be reached or read.
+pub const ERR_REPOSITORY_UNAVAILABLE: &str = "ERR_REPOSITORY_UNAVAILABLE";
+/// The commit cannot be used as desired state (a link, too large).
+pub const ERR_INVALID_DESIRED_STATE: &str = "ERR_INVALID_DESIRED_STATE";
 
 /// What went wrong with the last poll, for people and for the status the WOS sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullProblem {
-    /// `ERR_REPOSITORY_AUTH`, `ERR_REPOSITORY_UNAVAILABLE` or `ERR_INVALID_DESIRED_STATE`.
+    /// [`ERR_REPOSITORY_AUTH`], [`ERR_REPOSITORY_UNAVAILABLE`] or [`ERR_INVALID_DESIRED_STATE`].
     pub code: &'static str,
     /// The repository URL (never with credentials).
     pub source: String,
@@ -153,12 +156,7 @@ impl Puller {
             return Ok(());
         };
         let documents = request.deployments.len();
-        let response = tokio::time::timeout(APPLY_TIMEOUT, self.deployer.apply(request))
-            .await
-            .map_err(|_| Error::Deploy {
-                operation: "ApplyDesiredState",
-                message: format!("no answer within {APPLY_TIMEOUT:?}"),
-            })??;
+        let response = self.deployer.apply(request).await?;
         for rejected in &response.rejected {
             let message = rejected.error.as_ref().map_or("", |e| e.message.as_str());
             tracing::warn!(path = %rejected.path, deployment = %rejected.deployment_id, error = %message, "deployment document rejected");
@@ -188,11 +186,11 @@ impl Puller {
         };
         let problem = PullProblem {
             code: if source.is_auth() {
-                "ERR_REPOSITORY_AUTH"
+                ERR_REPOSITORY_AUTH
             } else if source.is_content() {
-                "ERR_INVALID_DESIRED_STATE"
+                ERR_INVALID_DESIRED_STATE
             } else {
-                "ERR_REPOSITORY_UNAVAILABLE"
+                ERR_REPOSITORY_UNAVAILABLE
             },
             source: crate::source::without_credentials(&self.access.url),
             message: e.to_string(),

@@ -33,9 +33,6 @@ const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
 /// How often capabilities are checked for changes (at most; the heartbeat may be shorter).
 const CAPABILITIES_CHECK: Duration = Duration::from_secs(60);
 
-/// How long the deployment service may take to answer `GetCapabilities`.
-const CAPABILITIES_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Longest wait before reconnecting to the deployment service.
 const RECONNECT_CAP: Duration = Duration::from_secs(10);
 
@@ -160,18 +157,14 @@ impl Reporter {
 
     /// Asks the deployment service for the capabilities and queues them if they changed.
     async fn refresh_capabilities(&self, outbox: &mut Outbox) {
-        let answer = tokio::time::timeout(CAPABILITIES_TIMEOUT, self.deployer.capabilities()).await;
-        match answer {
-            Ok(Ok(c)) => {
+        match self.deployer.capabilities().await {
+            Ok(c) => {
                 let manifest = with_device_id(&c.manifest_json, &self.device_id);
                 if outbox.delivered_capabilities.as_ref() != Some(&manifest) {
                     outbox.capabilities = Some(manifest);
                 }
             }
-            Ok(Err(e)) => tracing::debug!(error = %e, "capabilities not available yet"),
-            Err(_) => {
-                tracing::warn!("the deployment service did not answer GetCapabilities in time")
-            }
+            Err(e) => tracing::debug!(error = %e, "capabilities not available yet"),
         }
     }
 
