@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use woa_common::store::write_atomic;
 
+use crate::config::RepoAuthConfig;
 use crate::identity::{self, Enrollment, Layout, RepositoryRecord};
 use crate::wos::{OnboardingRequest, Wos};
 use crate::{Error, Result};
@@ -94,27 +95,13 @@ pub async fn with_token(state_dir: &Path, request: TokenEnrollment<'_>) -> Resul
         None => remove_if_present(&layout.wos_ca())?,
     }
     let repository = answer.repository;
-    let auth = repository.auth.as_ref();
-    let kind = auth.map_or("none", |a| a.kind.as_str()).to_owned();
-    let secret = match kind.as_str() {
-        "basic" => auth.and_then(|a| a.password.clone()),
-        "bearer" => auth.and_then(|a| a.token.clone()),
-        "none" | "mtls" => None,
-        other => {
-            return Err(Error::Enrollment(format!(
-                "the WOS granted repository auth of unknown type {other:?}"
-            )));
-        }
-    };
-    match secret {
-        Some(secret) => write_atomic(&layout.repository_secret(), secret.as_bytes(), 0o600)?,
-        None if kind == "basic" || kind == "bearer" => {
-            return Err(Error::Enrollment(format!(
-                "the WOS granted {kind} repository auth without a secret"
-            )));
-        }
-        None => remove_if_present(&layout.repository_secret())?,
-    }
+    let grant = repository.auth;
+    let kind = grant.as_ref().map_or("none", |a| a.kind.as_str());
+    let username = grant.as_ref().and_then(|a| a.username.clone());
+    let auth = auth_record(&layout, kind, username.unwrap_or_default())
+        .map_err(|e| Error::Enrollment(format!("the WOS granted repository access: {e}")))?;
+    let secret = grant.and_then(|a| a.password.or(a.token));
+    store_secret(&layout, &auth, secret.map(String::into_bytes))?;
     let enrollment = Enrollment {
         client_id: answer.client_id,
         wos_url: request.wos_url.trim_end_matches('/').to_owned(),
@@ -122,8 +109,7 @@ pub async fn with_token(state_dir: &Path, request: TokenEnrollment<'_>) -> Resul
             url: repository.url,
             branch: repository.branch.unwrap_or_else(|| "main".into()),
             path: repository.path.unwrap_or_else(|| "deployments".into()),
-            username: auth.and_then(|a| a.username.clone()).unwrap_or_default(),
-            auth: kind,
+            auth,
         },
     };
     identity::save_enrollment(state_dir, &enrollment)?;
@@ -143,24 +129,9 @@ pub fn manual(state_dir: &Path, m: ManualEnrollment) -> Result<Enrollment> {
         Some((&m.cert, &m.key)),
     )?;
     let read = |path: &Path| std::fs::read(path).map_err(|e| woa_common::Error::file(path, e));
-    match (m.repo_auth.as_str(), &m.repo_secret_file) {
-        ("basic" | "bearer", Some(file)) => {
-            let secret = read(file)?;
-            write_atomic(&layout.repository_secret(), &secret, 0o600)?;
-        }
-        ("basic" | "bearer", None) => {
-            return Err(Error::Enrollment(format!(
-                "{} repository auth needs --repo-secret-file",
-                m.repo_auth
-            )));
-        }
-        ("none" | "mtls", _) => remove_if_present(&layout.repository_secret())?,
-        (other, _) => {
-            return Err(Error::Enrollment(format!(
-                "unknown repository auth type {other:?} (none, basic, bearer, mtls)"
-            )));
-        }
-    }
+    let auth = auth_record(&layout, &m.repo_auth, m.repo_username)?;
+    let secret = m.repo_secret_file.as_deref().map(read).transpose()?;
+    store_secret(&layout, &auth, secret)?;
     write_atomic(&layout.key(), &read(&m.key)?, 0o600)?;
     write_atomic(&layout.cert(), &read(&m.cert)?, 0o644)?;
     match &m.ca {
@@ -174,12 +145,51 @@ pub fn manual(state_dir: &Path, m: ManualEnrollment) -> Result<Enrollment> {
             url: m.repo_url,
             branch: m.repo_branch,
             path: m.repo_path,
-            auth: m.repo_auth,
-            username: m.repo_username,
+            auth,
         },
     };
     identity::save_enrollment(state_dir, &enrollment)?;
     Ok(enrollment)
+}
+
+/// The repository auth of an enrollment, by its name (`none`, `basic`, `bearer`, `mtls`),
+/// with the secret kept in `state_dir` and the device identity for `mtls`.
+fn auth_record(layout: &Layout, kind: &str, username: String) -> Result<RepoAuthConfig> {
+    Ok(match kind {
+        "none" => RepoAuthConfig::None,
+        "basic" => RepoAuthConfig::Basic {
+            username,
+            password_file: layout.repository_secret(),
+        },
+        "bearer" => RepoAuthConfig::Bearer {
+            token_file: layout.repository_secret(),
+        },
+        "mtls" => RepoAuthConfig::Mtls {
+            cert: None,
+            key: None,
+        },
+        other => {
+            return Err(Error::Enrollment(format!(
+                "unknown repository auth type {other:?} (none, basic, bearer, mtls)"
+            )));
+        }
+    })
+}
+
+/// Stores the password or token that `auth` needs (0600), or removes one an earlier
+/// enrollment left when it needs none.
+fn store_secret(layout: &Layout, auth: &RepoAuthConfig, secret: Option<Vec<u8>>) -> Result<()> {
+    let needs_secret = matches!(
+        auth,
+        RepoAuthConfig::Basic { .. } | RepoAuthConfig::Bearer { .. }
+    );
+    match (needs_secret, secret) {
+        (true, Some(secret)) => Ok(write_atomic(&layout.repository_secret(), &secret, 0o600)?),
+        (true, None) => Err(Error::Enrollment(
+            "basic and bearer repository auth need a secret (--repo-secret-file)".into(),
+        )),
+        (false, _) => remove_if_present(&layout.repository_secret()),
+    }
 }
 
 /// Removes a file left by an earlier enrollment that no longer applies.

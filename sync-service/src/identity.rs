@@ -84,11 +84,8 @@ pub struct RepositoryRecord {
     pub branch: String,
     /// Directory of the deployment documents.
     pub path: String,
-    /// `none`, `basic`, `bearer` or `mtls`.
-    pub auth: String,
-    /// User name for `basic`.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub username: String,
+    /// How to authenticate, as in the configuration; the secret file is in `state_dir`.
+    pub auth: RepoAuthConfig,
 }
 
 /// The device id, made (a random UUID) and persisted on first use.
@@ -205,29 +202,9 @@ pub fn resolve(config: &Config) -> Result<Resolved> {
         .unwrap_or_else(|| "deployments".into())
         .trim_matches('/')
         .to_owned();
-    let auth = match (&config.repository.auth, record) {
-        (Some(auth), _) => repo_auth(auth, &identity),
-        (None, Some(r)) => match r.auth.as_str() {
-            "none" => RepoAuth::None,
-            "basic" => RepoAuth::Basic {
-                username: r.username.clone(),
-                password_file: layout.repository_secret(),
-            },
-            "bearer" => RepoAuth::Bearer {
-                token_file: layout.repository_secret(),
-            },
-            "mtls" => RepoAuth::Mtls {
-                cert: identity.0.clone(),
-                key: identity.1.clone(),
-            },
-            other => {
-                return Err(Error::NotEnrolled(format!(
-                    "{}: unknown repository auth type {other:?}",
-                    layout.enrollment().display()
-                )));
-            }
-        },
-        (None, None) => RepoAuth::None,
+    let auth = match config.repository.auth.as_ref().or(record.map(|r| &r.auth)) {
+        Some(auth) => repo_auth(auth, &identity),
+        None => RepoAuth::None,
     };
     if crate::source::without_credentials(&url) != url {
         return Err(woa_common::Error::Config(
@@ -307,8 +284,10 @@ mod tests {
                     url: "https://wos/git/c1.git".into(),
                     branch: "main".into(),
                     path: "deployments".into(),
-                    auth: "basic".into(),
-                    username: "c1".into(),
+                    auth: RepoAuthConfig::Basic {
+                        username: "c1".into(),
+                        password_file: dir.path().join("repository-secret"),
+                    },
                 },
             },
         )
