@@ -4,9 +4,6 @@
 //! - The device CA signs device certificates from enrollment CSRs; the server trusts it for
 //!   client certificates (mTLS on the REST API and, with `--repo-auth mtls`, on git).
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -212,17 +209,9 @@ fn set_validity(params: &mut CertificateParams, years: i16) -> Result<()> {
     Ok(())
 }
 
-/// Writes a private key or credential readable by the owner only.
+/// Writes a private key or credential readable by the owner only, atomically.
 pub(crate) fn write_secret(path: &Path, content: &str) -> Result<()> {
-    let mut file = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    file.write_all(content.as_bytes())?;
-    file.sync_all()?;
+    woa_common::store::write_atomic(path, content.as_bytes(), 0o600)?;
     Ok(())
 }
 

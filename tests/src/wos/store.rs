@@ -1,8 +1,6 @@
 //! Enrolled devices with their credentials and what they reported, persisted in `wos.json`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
@@ -175,21 +173,10 @@ impl Store {
     }
 }
 
-/// Temp file, fsync, rename: a crash leaves the old or the new file, never half of one.
+/// Atomically and owner-only: it holds repository passwords and tokens.
 fn save(path: &Path, data: &StoreData) -> Result<()> {
     let json = serde_json::to_vec_pretty(data)?;
-    let temp = path.with_extension("json.tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        // It holds repository passwords and tokens.
-        .mode(0o600)
-        .open(&temp)
-        .with_context(|| format!("writing {}", temp.display()))?;
-    file.write_all(&json)?;
-    file.sync_all()?;
-    std::fs::rename(&temp, path).with_context(|| format!("replacing {}", path.display()))?;
+    woa_common::store::write_atomic(path, &json, 0o600)?;
     Ok(())
 }
 
