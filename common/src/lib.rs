@@ -1,5 +1,5 @@
 //! Shared parts of the woa services: the Margo data model, configuration loading, the local PKI,
-//! atomic state files, logging and shutdown.
+//! atomic state files, logging, shutdown and time windows.
 
 pub mod backoff;
 pub mod config;
@@ -10,5 +10,6 @@ pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod window;
 
 pub use error::{Error, Result};

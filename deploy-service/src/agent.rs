@@ -1,6 +1,8 @@
 //! The deployment agent: holds the desired state, reconciles the engine towards it and
-//! publishes the current state. `reconcile_once` observes, plans and applies; `run` only
-//! schedules passes (on apply, on the resync timer, with backoff after engine errors).
+//! publishes the current state. `reconcile_once` observes, decides which release of each
+//! deployment runs (approvals, windows, holds; see `rollout`), plans and applies, verifies new
+//! releases and rolls back the ones that do not install; `run` only schedules passes (on apply,
+//! on the resync timer, with backoff after engine errors).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -15,10 +17,12 @@ use woa_common::margo::{ComponentStatus, DeploymentState, DeploymentStatusManife
 use woa_common::store;
 use woa_proto::v1 as pb;
 
-use crate::desired::{self, DesiredState, status_error};
+use crate::config::{Approval, ImageGcConfig, RolloutConfig};
+use crate::desired::{self, Component, Deployment, DesiredState, status_error};
 use crate::metrics::Metrics;
 use crate::package::PackageFetcher;
 use crate::plan::{self, Awaited, Step};
+use crate::rollout::{self, Gates, Offer, Phase, Release, Tracks};
 use crate::runtime::{ContainerPlan, ContainerRuntime, Observed, ObservedContainer, Owner};
 use crate::spec::Condition;
 use crate::{Error, Result};
@@ -27,8 +31,8 @@ use crate::{Error, Result};
 /// jitter that spreads the retries of many devices after a shared outage.
 const RETRY_BASE: Duration = Duration::from_millis(500);
 
-/// How long a container may take to reach the condition a dependent waits for.
-const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often readiness and settling are checked.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// Settings of the agent.
 #[derive(Debug, Clone)]
@@ -39,6 +43,10 @@ pub struct AgentSettings {
     pub resync_interval: Duration,
     /// Remove named volumes of removed deployments.
     pub remove_volumes: bool,
+    /// Approvals, windows, settling, disk floor.
+    pub rollout: RolloutConfig,
+    /// Removing unused images.
+    pub image_gc: ImageGcConfig,
 }
 
 /// The deployment agent over a container runtime.
@@ -52,6 +60,12 @@ pub struct Agent<R> {
     /// Removed deployments (id -> revision that removed them), reported `removed` until they
     /// come back; stored, so a restart does not forget to report a removal.
     removed: Mutex<BTreeMap<String, String>>,
+    /// The rollout record of every desired deployment; stored.
+    tracks: Mutex<Tracks>,
+    /// What became of each deployment's wanted release in the last pass.
+    offers: Mutex<BTreeMap<String, Offer>>,
+    /// Images the agent pulled, with when (Unix seconds); only these are ever removed. Stored.
+    pulled: Mutex<BTreeMap<String, u64>>,
     wake: Notify,
     current: watch::Sender<pb::CurrentState>,
     metrics: Arc<Metrics>,
@@ -65,9 +79,20 @@ impl<R: ContainerRuntime> Agent<R> {
         let desired = store::load_json(&settings.state_dir.join("desired.json"))
             .map_err(|e| Error::Setup(format!("loading desired state: {e}")))?
             .unwrap_or_default();
-        let removed = store::load_json(&settings.state_dir.join("removed.json"))
-            .map_err(|e| Error::Setup(format!("loading removed deployments: {e}")))?
-            .unwrap_or_default();
+        fn load<T: serde::de::DeserializeOwned + Default>(
+            dir: &std::path::Path,
+            file: &str,
+        ) -> Result<T> {
+            store::load_json(&dir.join(file))
+                .map(Option::unwrap_or_default)
+                .map_err(|e| Error::Setup(format!("loading {file}: {e}")))
+        }
+        let dir = &settings.state_dir;
+        let (removed, tracks, pulled) = (
+            load(dir, "removed.json")?,
+            load(dir, "rollout.json")?,
+            load(dir, "images.json")?,
+        );
         Ok(Arc::new(Self {
             runtime,
             fetcher,
@@ -75,6 +100,9 @@ impl<R: ContainerRuntime> Agent<R> {
             desired: Mutex::new(desired),
             errors: Mutex::default(),
             removed: Mutex::new(removed),
+            tracks: Mutex::new(tracks),
+            offers: Mutex::default(),
+            pulled: Mutex::new(pulled),
             wake: Notify::new(),
             current: watch::channel(pb::CurrentState::default()).0,
             metrics: Arc::default(),
@@ -134,6 +162,132 @@ impl<R: ContainerRuntime> Agent<R> {
         Ok(response)
     }
 
+    /// Releases waiting for the site's approval, with what each changes.
+    pub async fn pending_approvals(&self) -> Vec<pb::PendingApproval> {
+        let desired = self.desired.lock().await;
+        let tracks = self.tracks.lock().await;
+        let rollout = &self.settings.rollout;
+        desired
+            .deployments
+            .iter()
+            .filter(|d| d.error.is_none() && rollout.approval_of(&d.id) == Approval::Manual)
+            .filter_map(|d| {
+                let wanted = Release::new(&desired.revision, d);
+                let track = tracks.get(&d.id);
+                if !track.is_none_or(|t| t.awaits_approval(&wanted)) {
+                    return None;
+                }
+                let current = track.and_then(|t| t.current.as_ref());
+                Some(pb::PendingApproval {
+                    deployment_id: d.id.clone(),
+                    application_id: d.application_id.clone(),
+                    revision: desired.revision.clone(),
+                    current_revision: current.map(|c| c.revision.clone()).unwrap_or_default(),
+                    changes: rollout::changes(current.map(|c| &c.deployment), &wanted.deployment),
+                    path: d.path.clone(),
+                    release: wanted.digest,
+                })
+            })
+            .collect()
+    }
+
+    /// Lets the pending release of `deployment` apply; `release`, when not empty, must still be
+    /// the pending one. Returns the release approved.
+    pub async fn approve(&self, deployment: &str, release: &str) -> Result<String> {
+        self.decide(deployment, release, |track, wanted| {
+            track.approved = Some(wanted.digest.clone());
+        })
+        .await
+    }
+
+    /// Refuses the pending release of `deployment` (see [`Agent::approve`]).
+    pub async fn reject(&self, deployment: &str, release: &str, reason: &str) -> Result<String> {
+        self.decide(deployment, release, |track, wanted| {
+            let message = match reason.trim() {
+                "" => "rejected locally".to_string(),
+                why => format!("rejected locally: {why}"),
+            };
+            track.hold = Some(rollout::Hold {
+                digest: wanted.digest.clone(),
+                revision: wanted.revision.clone(),
+                error: StatusError::new(rollout::ERR_REJECTED, &wanted.deployment.path, message),
+            });
+        })
+        .await
+    }
+
+    /// Applies the site's decision on the release of `deployment` awaiting approval.
+    async fn decide(
+        &self,
+        deployment: &str,
+        release: &str,
+        decision: impl FnOnce(&mut rollout::Track, &Release),
+    ) -> Result<String> {
+        let desired = self.desired.lock().await;
+        let Some(d) = desired.deployments.iter().find(|d| d.id == deployment) else {
+            return Err(Error::UnknownDeployment(deployment.to_string()));
+        };
+        let wanted = Release::new(&desired.revision, d);
+        let rollout = |message: String| Error::Rollout {
+            deployment: deployment.to_string(),
+            message,
+        };
+        let mut tracks = self.tracks.lock().await;
+        let track = tracks.entry(deployment.to_string()).or_default();
+        let manual = self.settings.rollout.approval_of(deployment) == Approval::Manual;
+        if d.error.is_some() || !manual || !track.awaits_approval(&wanted) {
+            return Err(rollout("has no release awaiting approval".into()));
+        }
+        if !release.is_empty() && release != wanted.digest {
+            return Err(rollout(format!(
+                "now awaits release {} (revision {}), not {release}; review it again",
+                wanted.digest,
+                rollout::short(&wanted.revision)
+            )));
+        }
+        decision(track, &wanted);
+        self.store_tracks(&tracks)?;
+        tracing::info!(deployment, release = %wanted.digest, "local decision recorded");
+        self.wake.notify_one();
+        Ok(wanted.digest)
+    }
+
+    /// Goes back to the previous installed release of `deployment`. Returns its revision.
+    pub async fn roll_back(&self, deployment: &str) -> Result<String> {
+        let mut tracks = self.tracks.lock().await;
+        let track = tracks
+            .get_mut(deployment)
+            .ok_or_else(|| Error::UnknownDeployment(deployment.to_string()))?;
+        let revision = track
+            .roll_back()
+            .map_err(|message| Error::Rollout {
+                deployment: deployment.to_string(),
+                message: message.to_string(),
+            })?
+            .revision
+            .clone();
+        self.store_tracks(&tracks)?;
+        tracing::info!(deployment, %revision, "rolling back at the operator's request");
+        self.wake.notify_one();
+        Ok(revision)
+    }
+
+    /// Lets the held release of `deployment` apply again. Returns it.
+    pub async fn retry(&self, deployment: &str) -> Result<String> {
+        let mut tracks = self.tracks.lock().await;
+        let track = tracks
+            .get_mut(deployment)
+            .ok_or_else(|| Error::UnknownDeployment(deployment.to_string()))?;
+        let release = track.retry().ok_or_else(|| Error::Rollout {
+            deployment: deployment.to_string(),
+            message: "has no held release to retry".into(),
+        })?;
+        self.store_tracks(&tracks)?;
+        tracing::info!(deployment, %release, "retrying a held release at the operator's request");
+        self.wake.notify_one();
+        Ok(release)
+    }
+
     /// Subscribes to the current state.
     pub fn watch(&self) -> watch::Receiver<pb::CurrentState> {
         self.current.subscribe()
@@ -172,7 +326,7 @@ impl<R: ContainerRuntime> Agent<R> {
         }
     }
 
-    /// One pass: observe, plan, apply, publish.
+    /// One pass: observe, decide releases, plan, pull, apply, verify, publish.
     #[tracing::instrument(skip(self), fields(revision))]
     pub async fn reconcile_once(&self) -> Result<()> {
         let _pass = self.pass.lock().await;
@@ -192,20 +346,38 @@ impl<R: ContainerRuntime> Agent<R> {
             self.publish(&desired, &observed).await;
             return Ok(());
         }
-        let steps = plan::plan(
-            &desired.deployments,
-            &observed,
-            self.settings.remove_volumes,
-        );
-        if !steps.is_empty() {
+        self.offer_releases(&desired).await?;
+        let tracks = self.tracks.lock().await.clone();
+        let running: Vec<Deployment> = desired
+            .deployments
+            .iter()
+            .filter_map(|d| Some(tracks.get(&d.id)?.current.as_ref()?.deployment.clone()))
+            .collect();
+        let rolling: BTreeSet<&str> = tracks
+            .iter()
+            .filter(|(_, t)| matches!(t.phase, Phase::Rolling | Phase::Restoring))
+            .map(|(id, _)| id.as_str())
+            .collect();
+        let steps = plan::plan(&running, &observed, self.settings.remove_volumes);
+        if !steps.is_empty() || !rolling.is_empty() {
             self.publish(&desired, &observed).await;
         }
         let mut failed: HashMap<Owner, StatusError> = HashMap::new();
+        // Every image first, before anything is stopped: a failed pull or a full disk leaves
+        // what runs running.
+        self.pull_images(&steps, &mut failed).await;
+        let halted = |failed: &HashMap<Owner, StatusError>, owner: &Owner| {
+            failed.contains_key(owner)
+                // One failed component fails a new release: the rest of it would only be
+                // undone by the rollback.
+                || (rolling.contains(owner.deployment.as_str())
+                    && failed.keys().any(|o| o.deployment == owner.deployment))
+        };
+        let mut verified: BTreeSet<Owner> = BTreeSet::new();
         let mut steps = steps.into_iter().peekable();
         while let Some(step) = steps.next() {
             let owner = step.owner().cloned();
-            // Later steps of a failed component would fail the same way.
-            if owner.as_ref().is_some_and(|o| failed.contains_key(o)) {
+            if owner.as_ref().is_some_and(|o| halted(&failed, o)) {
                 continue;
             }
             // The containers of a component start together; each waits for the conditions of
@@ -235,13 +407,348 @@ impl<R: ContainerRuntime> Agent<R> {
                     failed.entry(o.clone()).or_insert_with(|| status_error(&e));
                 }
             }
+            // A new release goes component by component: one that waits must be up and
+            // settled before the next one starts.
+            let Some(owner) = owner.filter(|o| {
+                batch[0].container().is_some()
+                    && rolling.contains(o.deployment.as_str())
+                    && !failed.contains_key(o)
+            }) else {
+                continue;
+            };
+            if let Some((d, c)) = component_of(&running, &owner).filter(|(_, c)| c.wait) {
+                verified.insert(owner.clone());
+                if let Err(e) = self.settle(d, c).await {
+                    tracing::warn!(error = %e, ?owner, "component did not settle");
+                    failed.insert(owner, status_error(&e));
+                }
+            }
         }
+        // Components of a new release that needed no step (or do not wait) are checked too.
+        for d in running.iter().filter(|d| rolling.contains(d.id.as_str())) {
+            for c in &d.components {
+                let owner = owner_of(d, c);
+                if verified.contains(&owner) || halted(&failed, &owner) {
+                    continue;
+                }
+                if let Err(e) = self.settle(d, c).await {
+                    tracing::warn!(error = %e, ?owner, "component did not settle");
+                    failed.insert(owner, status_error(&e));
+                }
+            }
+        }
+        self.conclude_rollouts(&running, &rolling, &failed).await?;
         // A component that needed no step, or whose steps all worked, has converged: only
         // this pass's failures stand.
         *self.errors.lock().await = failed;
+        if rolling.is_empty() {
+            self.collect_garbage(&desired).await;
+        }
         let observed = self.runtime.observe().await?;
         self.publish(&desired, &observed).await;
         Ok(())
+    }
+
+    /// Offers each desired deployment's release to its rollout record: promoted, pending
+    /// (approval, window) or held. Records of deployments no longer desired are dropped.
+    async fn offer_releases(&self, desired: &DesiredState) -> Result<()> {
+        let rollout = &self.settings.rollout;
+        let now = jiff::Timestamp::now();
+        let windows = woa_common::window::Schedule::new(rollout.windows.clone(), Vec::new());
+        let next_window = (!windows.allows(now))
+            .then(|| {
+                windows
+                    .next_allowed(now)
+                    .map(|t| t.round(jiff::Unit::Second))
+            })
+            .map(|t| t.and_then(|t| t.ok()).map(|t| t.to_string()));
+        let mut tracks = self.tracks.lock().await;
+        let before = tracks.clone();
+        tracks.retain(|id, _| desired.deployments.iter().any(|d| &d.id == id));
+        let mut offers = BTreeMap::new();
+        for d in &desired.deployments {
+            // The newest document is unusable: whatever runs keeps running.
+            if d.error.is_some() {
+                continue;
+            }
+            let wanted = Release::new(&desired.revision, d);
+            let gates = Gates {
+                manual: rollout.approval_of(&d.id) == Approval::Manual,
+                window_closed: next_window.as_ref().map(|at| at.as_deref()),
+            };
+            let offer = tracks
+                .entry(d.id.clone())
+                .or_default()
+                .offer(&wanted, gates);
+            if offer == Offer::Promoted {
+                tracing::info!(deployment = %d.id, revision = %desired.revision, release = %wanted.digest, "applying a new release");
+            }
+            offers.insert(d.id.clone(), offer);
+        }
+        if *tracks != before {
+            self.store_tracks(&tracks)?;
+        }
+        *self.offers.lock().await = offers;
+        Ok(())
+    }
+
+    fn store_tracks(&self, tracks: &Tracks) -> Result<()> {
+        store::save_json(&self.settings.state_dir.join("rollout.json"), tracks)
+            .map_err(|e| Error::Setup(format!("storing the rollout state: {e}")))
+    }
+
+    /// New releases that installed are marked so; the ones that failed are rolled back.
+    async fn conclude_rollouts(
+        &self,
+        running: &[Deployment],
+        rolling: &BTreeSet<&str>,
+        failed: &HashMap<Owner, StatusError>,
+    ) -> Result<()> {
+        if rolling.is_empty() {
+            return Ok(());
+        }
+        let mut tracks = self.tracks.lock().await;
+        for d in running.iter().filter(|d| rolling.contains(d.id.as_str())) {
+            // The operator may have rolled back meanwhile: conclude only what was verified.
+            let digest = Release::new("", d).digest;
+            let Some(track) = tracks
+                .get_mut(&d.id)
+                .filter(|t| t.current.as_ref().is_some_and(|c| c.digest == digest))
+            else {
+                continue;
+            };
+            // The first failure in component order is the cause.
+            let cause = d
+                .components
+                .iter()
+                .find_map(|c| failed.get(&owner_of(d, c)));
+            match cause {
+                None => {
+                    tracing::info!(deployment = %d.id, "release installed");
+                    track.phase = Phase::Installed;
+                }
+                Some(error) => {
+                    let phase = track.phase;
+                    match track.fail(error) {
+                        Some(revision) => {
+                            tracing::warn!(deployment = %d.id, error = %error.message, restoring = %revision, "release failed; rolling back");
+                            self.metrics.rolled_back();
+                            // Restore at once rather than at the next resync.
+                            self.wake.notify_one();
+                        }
+                        None if phase == Phase::Restoring => {
+                            tracing::error!(deployment = %d.id, error = %error.message, "restoring the previous release failed");
+                        }
+                        None => {
+                            tracing::warn!(deployment = %d.id, error = %error.message, "release failed with nothing to roll back to");
+                        }
+                    }
+                }
+            }
+        }
+        self.store_tracks(&tracks)
+    }
+
+    /// Makes sure the image is present, pulling it (and recording that the agent did) when not.
+    async fn ensure_image(&self, image: &str) -> Result<()> {
+        if self.runtime.has_image(image).await? {
+            return Ok(());
+        }
+        tracing::info!(%image, "pulling image");
+        self.runtime.pull_image(image).await?;
+        let mut pulled = self.pulled.lock().await;
+        pulled.insert(image.to_string(), unix_now());
+        store::save_json(&self.settings.state_dir.join("images.json"), &*pulled)
+            .map_err(|e| Error::Setup(format!("storing the pulled images: {e}")))
+    }
+
+    /// Pulls every image the steps create containers from, refusing when the disk is below the
+    /// floor; failures are recorded by component.
+    async fn pull_images(&self, steps: &[Step], failed: &mut HashMap<Owner, StatusError>) {
+        let mut missing: Vec<(&Owner, &str)> = Vec::new();
+        for step in steps {
+            if let Step::Create { plan, .. } = step {
+                let image = plan.service.image.as_str();
+                match self.runtime.has_image(image).await {
+                    Ok(true) => {}
+                    Ok(false) => missing.push((&plan.owner, image)),
+                    Err(e) => {
+                        failed.insert(plan.owner.clone(), status_error(&e));
+                    }
+                }
+            }
+        }
+        if missing.is_empty() {
+            return;
+        }
+        if let Err(e) = self.check_disk(&missing).await {
+            tracing::warn!(error = %e, "not pulling images");
+            for (owner, _) in missing {
+                failed
+                    .entry(owner.clone())
+                    .or_insert_with(|| status_error(&e));
+            }
+            return;
+        }
+        for (owner, image) in missing {
+            if failed.contains_key(owner) {
+                continue;
+            }
+            if let Err(e) = self.ensure_image(image).await {
+                tracing::warn!(error = %e, "pull failed");
+                failed.insert(owner.clone(), status_error(&e));
+            }
+        }
+    }
+
+    /// Fails when the engine's disk (or, when the agent cannot see it, the state directory's)
+    /// has less free space than the configured floor.
+    async fn check_disk(&self, missing: &[(&Owner, &str)]) -> Result<()> {
+        let floor = self.settings.rollout.min_free_disk;
+        if floor == 0 {
+            return Ok(());
+        }
+        let root = self.runtime.facts().await.map(|f| f.root_dir).ok();
+        let path = root
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(|| self.settings.state_dir.clone());
+        let Ok(st) = rustix::fs::statvfs(&path) else {
+            return Ok(());
+        };
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        if free >= floor {
+            return Ok(());
+        }
+        let images: Vec<&str> = missing.iter().map(|(_, i)| *i).collect();
+        Err(Error::DiskSpace {
+            path: path.display().to_string(),
+            free,
+            floor,
+            images: images.join(", "),
+        })
+    }
+
+    /// Waits until every container of the component is ready (running, and healthy where it
+    /// has a health check) within its timeout, then watches it for the settle time: a
+    /// container that exits or restarts meanwhile fails the component.
+    async fn settle(&self, d: &Deployment, c: &Component) -> Result<()> {
+        let plans = plan::container_plans(d, c);
+        let timeout = c.timeout.unwrap_or(self.settings.rollout.ready_timeout);
+        let failed = |message: String| Error::NotReady {
+            component: c.name.clone(),
+            message,
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut restarts: BTreeMap<&str, u32> = BTreeMap::new();
+        let mut settled_at: Option<tokio::time::Instant> = None;
+        loop {
+            let mut ready = true;
+            for p in &plans {
+                let name = p.name.as_str();
+                let Some(o) = self.runtime.container(name).await? else {
+                    ready = false;
+                    continue;
+                };
+                let before = *restarts.entry(name).or_insert(o.restart_count);
+                if o.restart_count > before || o.state == "restarting" {
+                    return Err(failed(format!(
+                        "container {name} restarted (last exit code {})",
+                        o.exit_code
+                    )));
+                }
+                if o.health == "unhealthy" {
+                    return Err(failed(format!("container {name} is unhealthy")));
+                }
+                let one_shot = p
+                    .service
+                    .restart
+                    .as_deref()
+                    .is_none_or(|r| r == "no" || r.starts_with("on-failure"));
+                match o.state.as_str() {
+                    "exited" if one_shot && o.exit_code == 0 => {}
+                    "exited" | "dead" => {
+                        return Err(failed(format!(
+                            "container {name} exited with code {}",
+                            o.exit_code
+                        )));
+                    }
+                    _ if o.is_ready() => {}
+                    _ => ready = false,
+                }
+            }
+            let now = tokio::time::Instant::now();
+            match (ready, settled_at) {
+                (true, None) => settled_at = Some(now + self.settings.rollout.settle),
+                (true, Some(at)) if now >= at => return Ok(()),
+                (true, Some(_)) => {}
+                // Not ready any more after it was: the restart check above names why.
+                (false, Some(_)) => settled_at = None,
+                (false, None) if now >= deadline => {
+                    let waiting: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
+                    return Err(failed(format!(
+                        "{} not ready within {}",
+                        waiting.join(", "),
+                        humantime_serde::re::humantime::format_duration(timeout)
+                    )));
+                }
+                (false, None) => {}
+            }
+            tokio::time::sleep(CHECK_EVERY).await;
+        }
+    }
+
+    /// Removes the images the agent pulled that no current or rollback release uses (as
+    /// configured), and package directories no release refers to.
+    async fn collect_garbage(&self, desired: &DesiredState) {
+        let tracks = self.tracks.lock().await.clone();
+        let kept: Vec<&Release> = tracks
+            .values()
+            .flat_map(|t| t.current.iter().chain(t.previous.iter()))
+            .collect();
+        let mut packages: BTreeSet<&std::path::Path> = kept
+            .iter()
+            .flat_map(|r| r.deployment.components.iter())
+            .chain(desired.deployments.iter().flat_map(|d| d.components.iter()))
+            .map(|c| c.package_dir.as_path())
+            .collect();
+        packages.retain(|p| p.starts_with(self.settings.state_dir.join("packages")));
+        remove_other_packages(&self.settings.state_dir.join("packages"), &packages);
+
+        let gc = &self.settings.image_gc;
+        if !gc.enabled {
+            return;
+        }
+        let used: BTreeSet<&str> = kept.iter().flat_map(|r| r.images()).collect();
+        let mut pulled = self.pulled.lock().await;
+        let mut unused: Vec<(String, u64)> = pulled
+            .iter()
+            .filter(|(image, _)| !used.contains(image.as_str()))
+            .map(|(image, at)| (image.clone(), *at))
+            .collect();
+        unused.sort_by_key(|(_, at)| std::cmp::Reverse(*at));
+        let now = unix_now();
+        let mut changed = false;
+        for (image, at) in unused.into_iter().skip(gc.keep) {
+            if now.saturating_sub(at) < gc.min_age.as_secs() {
+                continue;
+            }
+            match self.runtime.remove_image(&image).await {
+                Ok(true) => {
+                    tracing::info!(%image, "removed an unused image");
+                    self.metrics.image_removed();
+                    pulled.remove(&image);
+                    changed = true;
+                }
+                Ok(false) => tracing::debug!(%image, "unused image kept: a container uses it"),
+                Err(e) => tracing::warn!(%image, error = %e, "removing an unused image failed"),
+            }
+        }
+        if changed
+            && let Err(e) = store::save_json(&self.settings.state_dir.join("images.json"), &*pulled)
+        {
+            tracing::warn!(error = %e, "storing the pulled images failed");
+        }
     }
 
     /// Runs one step; `broken` names containers of the same batch that failed, so whatever
@@ -273,8 +780,8 @@ impl<R: ContainerRuntime> Agent<R> {
                 replaces,
                 after,
             } => {
-                // Pull before anything is stopped, so a failed pull leaves the old one running.
-                self.runtime.ensure_image(&plan.service.image).await?;
+                // Pulled before any step already; this covers an image removed meanwhile.
+                self.ensure_image(&plan.service.image).await?;
                 self.wait_for(after, broken).await?;
                 tracing::info!(container = %plan.name, image = %plan.service.image, "creating container");
                 let Some(old) = replaces else {
@@ -309,7 +816,8 @@ impl<R: ContainerRuntime> Agent<R> {
         after: &[Awaited],
         broken: &std::sync::Mutex<BTreeSet<String>>,
     ) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + DEFAULT_READY_TIMEOUT;
+        let timeout = self.settings.rollout.ready_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         for awaited in after {
             loop {
                 let name = &awaited.name;
@@ -341,10 +849,10 @@ impl<R: ContainerRuntime> Agent<R> {
                 }
                 if tokio::time::Instant::now() > deadline {
                     return Err(failed(format!(
-                        "{name} did not become ready within {DEFAULT_READY_TIMEOUT:?}"
+                        "{name} did not become ready within {timeout:?}"
                     )));
                 }
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tokio::time::sleep(CHECK_EVERY).await;
             }
         }
         Ok(())
@@ -372,6 +880,8 @@ impl<R: ContainerRuntime> Agent<R> {
     /// it to watchers when it changed.
     async fn publish(&self, desired: &DesiredState, observed: &Observed) {
         let errors = self.errors.lock().await.clone();
+        let tracks = self.tracks.lock().await.clone();
+        let offers = self.offers.lock().await.clone();
         let mut removed = self.removed.lock().await;
         let removed_before = removed.clone();
         let mut deployments: Vec<pb::DeploymentStatus> = desired
@@ -379,7 +889,8 @@ impl<R: ContainerRuntime> Agent<R> {
             .iter()
             .map(|d| {
                 removed.remove(&d.id);
-                deployment_status(d, &desired.revision, observed, &errors)
+                let rollout = (tracks.get(&d.id), offers.get(&d.id));
+                release_status(d, &desired.revision, rollout, observed, &errors)
             })
             .collect();
         // Deployments no longer desired: removing while their containers exist, then removed.
@@ -443,6 +954,119 @@ impl<R: ContainerRuntime> Agent<R> {
             }
             changed
         });
+    }
+}
+
+/// The status of desired deployment `d` through its rollout: what runs, or why the wanted
+/// release is pending or held.
+fn release_status(
+    d: &Deployment,
+    revision: &str,
+    (track, offer): (Option<&rollout::Track>, Option<&Offer>),
+    observed: &Observed,
+    errors: &HashMap<Owner, StatusError>,
+) -> pb::DeploymentStatus {
+    let every_component = |state| {
+        d.component_names
+            .iter()
+            .map(|name| (name.clone(), state, None, vec![]))
+            .collect()
+    };
+    let (id, app, path) = (&d.id, &d.application_id, &d.path);
+    match offer {
+        Some(Offer::Pending(why)) => {
+            let components = every_component(DeploymentState::Pending);
+            return status(id, app, revision, path, Some(why.clone()), components);
+        }
+        Some(Offer::Held(hold)) => {
+            let components = every_component(DeploymentState::Failed);
+            return status(
+                id,
+                app,
+                revision,
+                path,
+                Some(hold.error.clone()),
+                components,
+            );
+        }
+        _ => {}
+    }
+    // What runs is the current release, with the newest document's error if it was unusable.
+    let shown = match track.and_then(|t| t.current.as_ref()) {
+        Some(current) => Deployment {
+            error: d.error.clone(),
+            component_names: d.component_names.clone(),
+            path: d.path.clone(),
+            ..current.deployment.clone()
+        },
+        None => d.clone(),
+    };
+    let mut s = deployment_status(&shown, revision, observed, errors);
+    match track {
+        // Up, but not settled yet.
+        Some(t) if matches!(t.phase, Phase::Rolling | Phase::Restoring) => {
+            for c in &mut s.components {
+                if c.state() == pb::DeploymentState::Installed {
+                    c.state = pb::DeploymentState::Installing as i32;
+                }
+            }
+            if s.state() == pb::DeploymentState::Installed {
+                s.state = pb::DeploymentState::Installing as i32;
+            }
+        }
+        Some(rollout::Track {
+            phase: Phase::Failed,
+            hold: Some(hold),
+            ..
+        }) => {
+            s.state = pb::DeploymentState::Failed as i32;
+            s.error = Some(pb_error(&hold.error));
+        }
+        _ => return s,
+    }
+    s.manifest_json = manifest_json(&s, margo_state(s.state()));
+    s
+}
+
+/// The deployment and component of `running` that `owner` names.
+fn component_of<'a>(
+    running: &'a [Deployment],
+    owner: &Owner,
+) -> Option<(&'a Deployment, &'a Component)> {
+    let d = running.iter().find(|d| d.id == owner.deployment)?;
+    Some((d, d.components.iter().find(|c| c.name == owner.component)?))
+}
+
+fn owner_of(d: &Deployment, c: &Component) -> Owner {
+    Owner {
+        deployment: d.id.clone(),
+        component: c.name.clone(),
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Removes the package directories under `dir` that are not in `keep`.
+fn remove_other_packages(dir: &std::path::Path, keep: &BTreeSet<&std::path::Path>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let staging = entry.file_name().to_string_lossy().starts_with(".tmp-");
+        if staging || keep.contains(path.as_path()) {
+            continue;
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => tracing::debug!(package = %path.display(), "removed an unused package"),
+            Err(e) => {
+                tracing::warn!(package = %path.display(), error = %e, "removing an unused package failed")
+            }
+        }
     }
 }
 
@@ -722,7 +1346,13 @@ mod tests {
         async fn container(&self, _: &str) -> Result<Option<ObservedContainer>> {
             down()
         }
-        async fn ensure_image(&self, _: &str) -> Result<()> {
+        async fn has_image(&self, _: &str) -> Result<bool> {
+            down()
+        }
+        async fn pull_image(&self, _: &str) -> Result<()> {
+            down()
+        }
+        async fn remove_image(&self, _: &str) -> Result<bool> {
             down()
         }
         async fn create_network(&self, _: &str, _: &Owner, _: &Network) -> Result<()> {
@@ -761,6 +1391,8 @@ mod tests {
             state_dir: dir.path().into(),
             resync_interval: Duration::from_secs(30),
             remove_volumes: false,
+            rollout: Default::default(),
+            image_gc: Default::default(),
         };
         let fetcher = PackageFetcher::new(&PackageConfig::default()).unwrap();
         let agent = Agent::new(Unreachable, fetcher, settings).unwrap();

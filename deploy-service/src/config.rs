@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use woa_common::telemetry::LogFormat;
+use woa_common::window::Window;
 
 use crate::package::{Credentials, PackageConfig};
 
@@ -40,6 +41,107 @@ pub struct Config {
     pub packages: PackageConfig,
     /// Device identity and facts reported in capabilities, overriding what is probed.
     pub device: DeviceOverrides,
+    /// When and how new releases of deployments are let onto the device.
+    pub rollout: RolloutConfig,
+    /// Removing images the agent pulled that no release needs any more.
+    pub image_gc: ImageGcConfig,
+}
+
+/// Whether a new release of a deployment needs the site's approval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Approval {
+    /// Applied as soon as it arrives (inside the apply windows).
+    #[default]
+    Auto,
+    /// Held in `pending` until approved with `woa-deploy approvals approve`.
+    Manual,
+}
+
+/// The rollout policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutConfig {
+    /// The approval policy of every deployment not named in `approvals`.
+    pub approval: Approval,
+    /// Approval policy by deployment id.
+    pub approvals: BTreeMap<String, Approval>,
+    /// When releases may apply (sync-service window syntax); always when empty. Outside them
+    /// a new release waits in `pending`; removals and rollbacks are not held.
+    pub windows: Vec<Window>,
+    /// How long a component's containers must stay up, without restarting, before it counts
+    /// as installed.
+    #[serde(with = "humantime_serde")]
+    pub settle: Duration,
+    /// How long a component may take to become ready when its document sets no `timeout`.
+    #[serde(with = "humantime_serde")]
+    pub ready_timeout: Duration,
+    /// A release that needs images is refused while the engine's disk has less free space than
+    /// this (bytes, or a size like `512m`, `2g`); `0` turns the check off.
+    #[serde(deserialize_with = "byte_size")]
+    pub min_free_disk: u64,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        Self {
+            approval: Approval::Auto,
+            approvals: BTreeMap::new(),
+            windows: Vec::new(),
+            settle: Duration::from_secs(10),
+            ready_timeout: Duration::from_secs(300),
+            min_free_disk: 512 << 20,
+        }
+    }
+}
+
+impl RolloutConfig {
+    /// The approval policy of `deployment`.
+    pub fn approval_of(&self, deployment: &str) -> Approval {
+        self.approvals
+            .get(deployment)
+            .copied()
+            .unwrap_or(self.approval)
+    }
+}
+
+/// Image garbage collection. Only images the agent pulled itself are ever removed, and never
+/// one that the running or the rollback release of a deployment uses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageGcConfig {
+    /// Remove unused images at all.
+    pub enabled: bool,
+    /// Unused images kept anyway, the most recently pulled first.
+    pub keep: usize,
+    /// Unused images pulled more recently than this are kept.
+    #[serde(with = "humantime_serde")]
+    pub min_age: Duration,
+}
+
+impl Default for ImageGcConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            keep: 0,
+            min_age: Duration::from_secs(3600),
+        }
+    }
+}
+
+fn byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(n) => Ok(n),
+        Size::Text(t) => crate::compose::parse_bytes(&t)
+            .map(|n| n.unsigned_abs())
+            .map_err(serde::de::Error::custom),
+    }
 }
 
 /// PEM files of the local mTLS link.
@@ -82,6 +184,8 @@ impl Default for Config {
             registries: BTreeMap::new(),
             packages: PackageConfig::default(),
             device: DeviceOverrides::default(),
+            rollout: RolloutConfig::default(),
+            image_gc: ImageGcConfig::default(),
         }
     }
 }

@@ -55,6 +55,16 @@ pub struct Component {
     /// what it mounts changes, not when any other file of the package does.
     #[serde(default)]
     pub bind_digests: BTreeMap<String, String>,
+    /// Whether the next component waits until this one is ready and settled.
+    #[serde(default = "yes")]
+    pub wait: bool,
+    /// How long this component may take to become ready; the configured default when absent.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<std::time::Duration>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A document rejected before it named a deployment.
@@ -209,6 +219,8 @@ async fn resolve_deployment(
             name: c.name.clone(),
             project,
             package_dir,
+            wait: c.wait,
+            timeout: c.timeout,
         });
     }
     Ok(components)

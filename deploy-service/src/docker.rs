@@ -11,8 +11,8 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, ListContainersOptions, ListNetworksOptions,
-    ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions, RenameContainerOptions,
-    StopContainerOptions,
+    ListVolumesOptions, RemoveContainerOptions, RemoveImageOptions, RemoveVolumeOptions,
+    RenameContainerOptions, StopContainerOptions,
 };
 use futures_util::TryStreamExt;
 
@@ -253,12 +253,17 @@ impl ContainerRuntime for DockerRuntime {
         self.inspect(name).await
     }
 
-    async fn ensure_image(&self, image: &str) -> Result<()> {
+    async fn has_image(&self, image: &str) -> Result<bool> {
+        match self.docker.inspect_image(&with_tag(image)).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(engine(&format!("inspecting image {image}"), e)),
+        }
+    }
+
+    async fn pull_image(&self, image: &str) -> Result<()> {
         // Without a tag the engine would pull every tag of the repository.
         let image = &with_tag(image);
-        if self.docker.inspect_image(image).await.is_ok() {
-            return Ok(());
-        }
         let credentials = self.credentials(image).map_err(|e| Error::ImagePull {
             image: image.to_string(),
             message: e.to_string(),
@@ -279,6 +284,26 @@ impl ContainerRuntime for DockerRuntime {
                     other => other.to_string(),
                 },
             })
+    }
+
+    async fn remove_image(&self, image: &str) -> Result<bool> {
+        let options = RemoveImageOptions {
+            force: false,
+            noprune: false,
+            ..Default::default()
+        };
+        match self
+            .docker
+            .remove_image(&with_tag(image), Some(options), None)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(false),
+            Err(e) => Err(engine(&format!("removing image {image}"), e)),
+        }
     }
 
     async fn create_network(&self, name: &str, owner: &Owner, network: &Network) -> Result<()> {
@@ -405,6 +430,7 @@ impl ContainerRuntime for DockerRuntime {
             architecture: info.architecture.unwrap_or_default(),
             cpus: info.ncpu.unwrap_or(0).try_into().unwrap_or(0),
             memory_bytes: info.mem_total.unwrap_or(0).try_into().unwrap_or(0),
+            root_dir: info.docker_root_dir.unwrap_or_default(),
         })
     }
 }

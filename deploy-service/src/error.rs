@@ -58,6 +58,33 @@ pub enum Error {
         /// Why, e.g. the health check kept failing.
         message: String,
     },
+    /// Too little free disk space to pull a release's images.
+    #[error(
+        "{path} has {} MiB free, below the floor of {} MiB (rollout.min_free_disk); not pulling {images}",
+        free >> 20,
+        floor >> 20
+    )]
+    DiskSpace {
+        /// The filesystem checked.
+        path: String,
+        /// Free bytes.
+        free: u64,
+        /// The configured floor in bytes.
+        floor: u64,
+        /// The images that were to be pulled.
+        images: String,
+    },
+    /// An operator request names a deployment the service does not hold.
+    #[error("no deployment {0} in the desired state")]
+    UnknownDeployment(String),
+    /// An operator request does not fit where the deployment's rollout stands.
+    #[error("deployment {deployment} {message}")]
+    Rollout {
+        /// The deployment.
+        deployment: String,
+        /// Why, e.g. "has no release awaiting approval".
+        message: String,
+    },
     /// The service's own configuration or state is unusable.
     #[error("{0}")]
     Setup(String),
@@ -78,6 +105,9 @@ impl Error {
             Error::ImagePull { .. } => "ERR_IMAGE_PULL",
             Error::Runtime { .. } => "ERR_RUNTIME",
             Error::NotReady { .. } => "ERR_NOT_READY",
+            Error::DiskSpace { .. } => "ERR_DISK_SPACE",
+            Error::UnknownDeployment(_) => "ERR_UNKNOWN_DEPLOYMENT",
+            Error::Rollout { .. } => "ERR_ROLLOUT",
             Error::Setup(_) => "ERR_INTERNAL",
         }
     }
@@ -96,6 +126,10 @@ impl Error {
             Error::ImagePull { image, .. } => image.clone(),
             Error::Runtime { operation, .. } => operation.clone(),
             Error::NotReady { component, .. } => component.clone(),
+            Error::DiskSpace { path, .. } => path.clone(),
+            Error::UnknownDeployment(deployment) | Error::Rollout { deployment, .. } => {
+                deployment.clone()
+            }
         }
     }
 }

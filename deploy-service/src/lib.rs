@@ -12,8 +12,10 @@ mod desired;
 mod docker;
 mod error;
 mod metrics;
+pub mod operator;
 pub mod package;
 mod plan;
+mod rollout;
 mod runtime;
 mod server;
 mod spec;
@@ -47,6 +49,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         state_dir: config.state_dir.clone(),
         resync_interval: config.resync_interval,
         remove_volumes: config.remove_volumes,
+        rollout: config.rollout.clone(),
+        image_gc: config.image_gc.clone(),
     };
     let agent = agent::Agent::new(runtime, fetcher, settings)?;
     tracing::info!(listen = ?bound.local_addr(), state_dir = %config.state_dir.display(), "woa-deploy serving");

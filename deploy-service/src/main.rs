@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use woa_deploy::operator::{self, Command as Operation, Link};
 
 /// woa deployment service: runs Margo compose deployments on the local Docker engine.
 #[derive(Parser)]
@@ -26,6 +27,89 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Check that a running woa-deploy serves; exits 0 when it does.
+    Health(LinkArgs),
+    /// Review, approve or reject releases held for local approval (`rollout.approval = "manual"`).
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+        #[command(flatten)]
+        link: LinkArgs,
+    },
+    /// Go back to a deployment's previous installed release; the release left is held until a
+    /// newer one arrives or `retry`.
+    Rollback {
+        /// The deployment id.
+        deployment: String,
+        #[command(flatten)]
+        link: LinkArgs,
+    },
+    /// Let a deployment's held release (failed and rolled back, rolled back, or rejected) apply
+    /// again.
+    Retry {
+        /// The deployment id.
+        deployment: String,
+        #[command(flatten)]
+        link: LinkArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCommand {
+    /// Releases awaiting approval.
+    List,
+    /// What the pending release of a deployment changes.
+    Show {
+        /// The deployment id.
+        deployment: String,
+    },
+    /// Approve the pending release of a deployment, as `show` prints it.
+    Approve {
+        /// The deployment id.
+        deployment: String,
+    },
+    /// Reject the pending release of a deployment; it is reported failed to the orchestrator.
+    Reject {
+        /// The deployment id.
+        deployment: String,
+        /// Why, for the orchestrator.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+/// How to reach the running service.
+#[derive(Args)]
+struct LinkArgs {
+    /// The service's address.
+    #[arg(
+        long,
+        env = "WOA_DEPLOY_ENDPOINT",
+        default_value = "https://localhost:7411"
+    )]
+    endpoint: String,
+    /// Directory made by `certs init`; its ca.pem, operator.pem and operator-key.pem are used.
+    #[arg(long, env = "WOA_PKI_DIR", default_value = "/etc/woa/pki")]
+    pki: PathBuf,
+    /// CA certificate, instead of the PKI directory's.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Client certificate, instead of the PKI directory's operator certificate.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Client key, instead of the PKI directory's operator key.
+    #[arg(long)]
+    key: Option<PathBuf>,
+}
+
+impl LinkArgs {
+    fn link(self) -> Link {
+        let mut link = Link::operator(self.endpoint, &self.pki);
+        link.ca = self.ca.unwrap_or(link.ca);
+        link.cert = self.cert.unwrap_or(link.cert);
+        link.key = self.key.unwrap_or(link.key);
+        link
+    }
 }
 
 #[derive(Subcommand)]
@@ -36,8 +120,11 @@ enum CertsCommand {
         #[arg(long)]
         dir: PathBuf,
         /// Replace an existing CA.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "if_missing")]
         force: bool,
+        /// Do nothing when the directory holds a CA already.
+        #[arg(long)]
+        if_missing: bool,
     },
 }
 
@@ -47,7 +134,15 @@ const EXIT_CONFIG: u8 = 64;
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Certs {
-            command: CertsCommand::Init { dir, force },
+            command: CertsCommand::Init {
+                dir, if_missing, ..
+            },
+        } if if_missing && dir.join("ca.pem").exists() => {
+            println!("{} holds a local PKI already", dir.display());
+            ExitCode::SUCCESS
+        }
+        Command::Certs {
+            command: CertsCommand::Init { dir, force, .. },
         } => match woa_deploy::init_certs(&dir, force) {
             Ok(()) => {
                 println!("wrote the local PKI to {}", dir.display());
@@ -58,6 +153,28 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Health(link) => {
+            operate(async move { operator::health(&link.link()).await.map(|()| String::new()) })
+        }
+        Command::Approvals { command, link } => {
+            let operation = match command {
+                ApprovalsCommand::List => Operation::List,
+                ApprovalsCommand::Show { deployment } => Operation::Show(deployment),
+                ApprovalsCommand::Approve { deployment } => Operation::Approve(deployment),
+                ApprovalsCommand::Reject { deployment, reason } => {
+                    Operation::Reject(deployment, reason)
+                }
+            };
+            operate(async move { operator::run(&link.link(), operation).await })
+        }
+        Command::Rollback { deployment, link } => {
+            operate(
+                async move { operator::run(&link.link(), Operation::Rollback(deployment)).await },
+            )
+        }
+        Command::Retry { deployment, link } => {
+            operate(async move { operator::run(&link.link(), Operation::Retry(deployment)).await })
+        }
         Command::Serve { config } => {
             let config = match woa_deploy::Config::load(config.as_deref()) {
                 Ok(c) => c,
@@ -85,6 +202,25 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Runs an operator command on a small runtime and prints its answer or error.
+fn operate(command: impl std::future::Future<Output = woa_deploy::Result<String>>) -> ExitCode {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| woa_deploy::Error::Setup(format!("starting the runtime: {e}")))
+        .and_then(|runtime| runtime.block_on(command));
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("woa-deploy: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -18,6 +18,8 @@ pub struct Metrics {
     failed_passes: AtomicU64,
     last_pass_micros: AtomicU64,
     applies: AtomicU64,
+    rollbacks: AtomicU64,
+    images_removed: AtomicU64,
 }
 
 impl Metrics {
@@ -34,6 +36,16 @@ impl Metrics {
     /// Records a stored desired state.
     pub fn applied(&self) {
         self.applies.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a release that failed and was rolled back.
+    pub fn rolled_back(&self) {
+        self.rollbacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records an unused image removed.
+    pub fn image_removed(&self) {
+        self.images_removed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The text exposition, with deployments counted by state from `current`.
@@ -54,6 +66,16 @@ impl Metrics {
             "woa_deploy_reconcile_failures_total",
             "Reconcile passes that could not read the engine.",
             self.failed_passes.load(Ordering::Relaxed),
+        );
+        counter(
+            "woa_deploy_rollbacks_total",
+            "Releases that failed to install and were rolled back.",
+            self.rollbacks.load(Ordering::Relaxed),
+        );
+        counter(
+            "woa_deploy_images_removed_total",
+            "Unused images the agent had pulled and removed.",
+            self.images_removed.load(Ordering::Relaxed),
         );
         counter(
             "woa_deploy_desired_states_applied_total",

@@ -348,6 +348,8 @@ mod tests {
                 },
                 package_dir: "/p".into(),
                 bind_digests: Default::default(),
+                wait: true,
+                timeout: None,
             }],
             component_names: vec!["c".into()],
             error: None,

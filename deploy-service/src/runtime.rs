@@ -109,6 +109,8 @@ pub struct EngineFacts {
     pub cpus: u32,
     /// Memory the engine sees, in bytes.
     pub memory_bytes: u64,
+    /// Where the engine keeps images and containers (a path on the engine's host).
+    pub root_dir: String,
 }
 
 /// The coarse operations the agent needs from a container engine.
@@ -120,8 +122,13 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         &self,
         name: &str,
     ) -> impl Future<Output = Result<Option<ObservedContainer>>> + Send;
-    /// Makes sure `image` is present, pulling it when missing.
-    fn ensure_image(&self, image: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Whether `image` is present on the engine.
+    fn has_image(&self, image: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// Pulls `image` with the device's registry credentials.
+    fn pull_image(&self, image: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Removes the reference `image`, never by force: `false` when the engine keeps it because
+    /// a container uses it.
+    fn remove_image(&self, image: &str) -> impl Future<Output = Result<bool>> + Send;
     /// Creates a network of the component under `name`.
     fn create_network(
         &self,

@@ -42,6 +42,9 @@ fn to_status(e: Error) -> Status {
         Error::ImagePull { .. } | Error::Runtime { .. } | Error::NotReady { .. } => {
             Status::unavailable(e.to_string())
         }
+        Error::DiskSpace { .. } => Status::resource_exhausted(e.to_string()),
+        Error::UnknownDeployment(_) => Status::not_found(e.to_string()),
+        Error::Rollout { .. } => Status::failed_precondition(e.to_string()),
         Error::Setup(_) => {
             tracing::error!(error = %e, "request failed");
             Status::internal("the deployment service could not complete the request; see its log")
@@ -93,6 +96,62 @@ impl<R: ContainerRuntime> DeploymentService for Api<R> {
     ) -> Result<Response<pb::DeviceCapabilities>, Status> {
         let facts = self.agent.runtime().facts().await.map_err(to_status)?;
         Ok(Response::new(capabilities::probe(&facts, &self.device)))
+    }
+
+    async fn list_pending_approvals(
+        &self,
+        _: Request<pb::ListPendingApprovalsRequest>,
+    ) -> Result<Response<pb::ListPendingApprovalsResponse>, Status> {
+        let pending = self.agent.pending_approvals().await;
+        Ok(Response::new(pb::ListPendingApprovalsResponse { pending }))
+    }
+
+    async fn approve(
+        &self,
+        request: Request<pb::ApproveRequest>,
+    ) -> Result<Response<pb::ApproveResponse>, Status> {
+        let r = request.into_inner();
+        let release = self.agent.approve(&r.deployment_id, &r.release).await;
+        Ok(Response::new(pb::ApproveResponse {
+            release: release.map_err(to_status)?,
+        }))
+    }
+
+    async fn reject(
+        &self,
+        request: Request<pb::RejectRequest>,
+    ) -> Result<Response<pb::RejectResponse>, Status> {
+        let r = request.into_inner();
+        let release = self
+            .agent
+            .reject(&r.deployment_id, &r.release, &r.reason)
+            .await;
+        Ok(Response::new(pb::RejectResponse {
+            release: release.map_err(to_status)?,
+        }))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::RollbackResponse>, Status> {
+        let revision = self
+            .agent
+            .roll_back(&request.into_inner().deployment_id)
+            .await;
+        Ok(Response::new(pb::RollbackResponse {
+            revision: revision.map_err(to_status)?,
+        }))
+    }
+
+    async fn retry(
+        &self,
+        request: Request<pb::RetryRequest>,
+    ) -> Result<Response<pb::RetryResponse>, Status> {
+        let release = self.agent.retry(&request.into_inner().deployment_id).await;
+        Ok(Response::new(pb::RetryResponse {
+            release: release.map_err(to_status)?,
+        }))
     }
 }
 

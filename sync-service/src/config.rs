@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use woa_common::telemetry::LogFormat;
 
-use crate::window::Window;
+use woa_common::window::Window;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]

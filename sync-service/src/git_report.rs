@@ -25,7 +25,7 @@ use crate::pull::{ERR_REPOSITORY_UNAVAILABLE, PullProblem};
 use crate::report::{decorate, sleep_until};
 use crate::source::{RepoAccess, SourceError};
 use crate::status_push::StatusBranch;
-use crate::window::Schedule;
+use woa_common::window::Schedule;
 
 /// `device.json`: who the device is and how far it got.
 #[derive(Debug, Clone, PartialEq, Serialize)]

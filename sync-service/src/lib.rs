@@ -17,7 +17,6 @@ pub mod source;
 pub mod status_push;
 #[cfg(test)]
 mod testserver;
-mod window;
 mod wos;
 
 pub mod enroll;
@@ -37,7 +36,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
     config.check_deploy_link()?;
     let resolved = identity::resolve(&config)?;
     let (polling, downtime) = config.windows()?;
-    let schedule = Arc::new(window::Schedule::new(polling, downtime));
+    let schedule = Arc::new(woa_common::window::Schedule::new(polling, downtime));
     let layout = identity::Layout::new(&config.state_dir);
     let wos = wos_client(&resolved)?;
     if config.status.report.git() && config.status.git.branch == resolved.repository.branch {

@@ -20,7 +20,7 @@ use woa_proto::v1 as pb;
 use crate::deploy_link::Deployer;
 use crate::snapshot::desired_state;
 use crate::source::{Mirror, RepoAccess};
-use crate::window::Schedule;
+use woa_common::window::Schedule;
 use crate::{Error, Result};
 
 /// Largest total size of one commit's files that is read.

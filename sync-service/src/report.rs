@@ -23,7 +23,7 @@ use woa_proto::v1 as pb;
 use crate::Error;
 use crate::deploy_link::Deployer;
 use crate::pull::PullProblem;
-use crate::window::Schedule;
+use woa_common::window::Schedule;
 use crate::wos::Wos;
 
 /// Bounds on a `Retry-After`: a zero would mean a tight loop, a huge one a silent device.

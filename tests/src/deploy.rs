@@ -32,6 +32,12 @@ pub struct DeployOptions {
     pub registries: Vec<RegistryLogin>,
     /// Serve Prometheus metrics on this loopback port.
     pub metrics_port: Option<u16>,
+    /// `rollout.settle`; "1s" when `None`, so tests do not wait out the 10 s default.
+    pub settle: Option<String>,
+    /// More keys of the `[rollout]` table, e.g. `approval = "manual"\n`.
+    pub rollout: String,
+    /// More tables, appended as they are (e.g. `[image_gc]`).
+    pub extra: String,
 }
 
 /// Which client certificate grpcurl presents.
@@ -253,6 +259,9 @@ fn config_toml(address: &str, dir: &Path, pki: &Pki, options: &DeployOptions) ->
     if let Some(interval) = &options.resync_interval {
         toml += &format!("resync_interval = {}\n", q(interval));
     }
+    let settle = options.settle.as_deref().unwrap_or("1s");
+    toml += &format!("[rollout]\nsettle = {}\n{}\n", q(settle), options.rollout);
+    toml += &options.extra;
     toml += &format!(
         "[tls]\nca = {}\ncert = {}\nkey = {}\n",
         path(&pki.file("ca.pem")),
@@ -303,6 +312,7 @@ mod tests {
                 password: "secret".to_owned(),
             }],
             metrics_port: None,
+            ..Default::default()
         };
         let toml = config_toml("127.0.0.1:7411", dir.path(), &pki, &options).unwrap();
         assert!(toml.starts_with("listen = \"127.0.0.1:7411\"\ninstance = \"woa-tests-"));

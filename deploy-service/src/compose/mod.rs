@@ -13,6 +13,8 @@ mod interpolate;
 mod model;
 mod syntax;
 
+pub(crate) use syntax::parse_bytes;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_yaml_ng::Value;

@@ -269,7 +269,7 @@ pub(super) fn parse_duration(text: &str) -> Result<i64, String> {
 
 /// Parses a byte size: a plain number of bytes or a number with a binary unit as compose and
 /// Docker take them (`100k`, `512m`, `1.5g`, `2gb`, `1GiB`).
-pub(super) fn parse_bytes(text: &str) -> Result<i64, String> {
+pub(crate) fn parse_bytes(text: &str) -> Result<i64, String> {
     let invalid = || format!("`{text}` is not a size like 512m, 1g or 100k");
     let lower = text.trim().to_ascii_lowercase();
     let number_length = lower

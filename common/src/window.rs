@@ -14,7 +14,7 @@ use std::str::FromStr;
 use jiff::civil::{Date, DateTime, Time, Weekday};
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 /// How far ahead [`Schedule::next_allowed`] looks for weekly windows; a day more than a week so
 /// every weekly boundary is seen even when a daylight saving change shifts it by an hour.
@@ -247,6 +247,12 @@ impl TryFrom<String> for Window {
 
     fn try_from(text: String) -> Result<Self, Self::Error> {
         text.parse()
+    }
+}
+
+impl Serialize for Window {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 
