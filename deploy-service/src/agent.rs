@@ -437,7 +437,8 @@ impl<R: ContainerRuntime> Agent<R> {
                 }
             }
         }
-        self.conclude_rollouts(&running, &rolling, &failed).await?;
+        self.conclude_rollouts(&running, &rolling, &mut failed)
+            .await?;
         // A component that needed no step, or whose steps all worked, has converged: only
         // this pass's failures stand.
         *self.errors.lock().await = failed;
@@ -502,7 +503,7 @@ impl<R: ContainerRuntime> Agent<R> {
         &self,
         running: &[Deployment],
         rolling: &BTreeSet<&str>,
-        failed: &HashMap<Owner, StatusError>,
+        failed: &mut HashMap<Owner, StatusError>,
     ) -> Result<()> {
         if rolling.is_empty() {
             return Ok(());
@@ -521,15 +522,23 @@ impl<R: ContainerRuntime> Agent<R> {
             let cause = d
                 .components
                 .iter()
-                .find_map(|c| failed.get(&owner_of(d, c)));
-            match cause {
+                .find_map(|c| failed.get(&owner_of(d, c)))
+                .cloned();
+            match &cause {
                 None => {
                     tracing::info!(deployment = %d.id, "release installed");
                     track.phase = Phase::Installed;
                 }
                 Some(error) => {
                     let phase = track.phase;
-                    match track.fail(error) {
+                    let restored = track.fail(error);
+                    // From now on the status is about the held release, not these errors.
+                    if let Some(hold) = &track.hold {
+                        failed.retain(|o, _| o.deployment != d.id);
+                        let held = Offer::Held(hold.clone());
+                        self.offers.lock().await.insert(d.id.clone(), held);
+                    }
+                    match restored {
                         Some(revision) => {
                             tracing::warn!(deployment = %d.id, error = %error.message, restoring = %revision, "release failed; rolling back");
                             self.metrics.rolled_back();

@@ -33,8 +33,6 @@ enum Command {
     Approvals {
         #[command(subcommand)]
         command: ApprovalsCommand,
-        #[command(flatten)]
-        link: LinkArgs,
     },
     /// Go back to a deployment's previous installed release; the release left is held until a
     /// newer one arrives or `retry`.
@@ -57,16 +55,20 @@ enum Command {
 #[derive(Subcommand)]
 enum ApprovalsCommand {
     /// Releases awaiting approval.
-    List,
+    List(LinkArgs),
     /// What the pending release of a deployment changes.
     Show {
         /// The deployment id.
         deployment: String,
+        #[command(flatten)]
+        link: LinkArgs,
     },
     /// Approve the pending release of a deployment, as `show` prints it.
     Approve {
         /// The deployment id.
         deployment: String,
+        #[command(flatten)]
+        link: LinkArgs,
     },
     /// Reject the pending release of a deployment; it is reported failed to the orchestrator.
     Reject {
@@ -75,6 +77,8 @@ enum ApprovalsCommand {
         /// Why, for the orchestrator.
         #[arg(long, default_value = "")]
         reason: String,
+        #[command(flatten)]
+        link: LinkArgs,
     },
 }
 
@@ -156,14 +160,18 @@ fn main() -> ExitCode {
         Command::Health(link) => {
             operate(async move { operator::health(&link.link()).await.map(|()| String::new()) })
         }
-        Command::Approvals { command, link } => {
-            let operation = match command {
-                ApprovalsCommand::List => Operation::List,
-                ApprovalsCommand::Show { deployment } => Operation::Show(deployment),
-                ApprovalsCommand::Approve { deployment } => Operation::Approve(deployment),
-                ApprovalsCommand::Reject { deployment, reason } => {
-                    Operation::Reject(deployment, reason)
+        Command::Approvals { command } => {
+            let (link, operation) = match command {
+                ApprovalsCommand::List(link) => (link, Operation::List),
+                ApprovalsCommand::Show { deployment, link } => (link, Operation::Show(deployment)),
+                ApprovalsCommand::Approve { deployment, link } => {
+                    (link, Operation::Approve(deployment))
                 }
+                ApprovalsCommand::Reject {
+                    deployment,
+                    reason,
+                    link,
+                } => (link, Operation::Reject(deployment, reason)),
             };
             operate(async move { operator::run(&link.link(), operation).await })
         }

@@ -152,6 +152,23 @@ impl Deploy {
         output(command.args(flags).arg(&self.address).args(args))
     }
 
+    /// Runs `woa-deploy <args>` as the site operator against this service (the CLI of
+    /// approvals, rollback and retry).
+    pub fn operator(&self, args: &[&str]) -> Result<Output> {
+        let mut command = Command::new(binaries::woa_deploy()?);
+        command
+            .args(args)
+            .arg("--endpoint")
+            .arg(format!("https://{}", self.address))
+            .arg("--ca")
+            .arg(self.pki.file("ca.pem"))
+            .arg("--cert")
+            .arg(self.pki.file("operator.pem"))
+            .arg("--key")
+            .arg(self.pki.file("operator-key.pem"));
+        output(&mut command)
+    }
+
     /// Replaces the desired state; returns the `ApplyDesiredStateResponse`.
     pub fn apply(&self, desired: &DesiredState) -> Result<Value> {
         self.grpcurl(

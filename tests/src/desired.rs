@@ -13,6 +13,7 @@ pub struct AppDeployment {
     name: String,
     profile: String,
     components: Vec<(String, String)>,
+    timeouts: BTreeMap<String, String>,
     parameters: Vec<(String, String, Vec<String>)>,
 }
 
@@ -24,6 +25,7 @@ impl AppDeployment {
             name: name.to_owned(),
             profile: "compose".to_owned(),
             components: Vec::new(),
+            timeouts: BTreeMap::new(),
             parameters: Vec::new(),
         }
     }
@@ -38,6 +40,13 @@ impl AppDeployment {
     pub fn component(mut self, name: &str, package_location: &str) -> Self {
         self.components
             .push((name.to_owned(), package_location.to_owned()));
+        self
+    }
+
+    /// Sets the `timeout` property of `component`, e.g. `"5s"`.
+    pub fn timeout(mut self, component: &str, timeout: &str) -> Self {
+        self.timeouts
+            .insert(component.to_owned(), timeout.to_owned());
         self
     }
 
@@ -74,6 +83,9 @@ impl AppDeployment {
                 q(name),
                 q(location)
             );
+            if let Some(timeout) = self.timeouts.get(name) {
+                yaml += &format!("          timeout: {}\n", q(timeout));
+            }
         }
         if !self.parameters.is_empty() {
             yaml += "  parameters:\n";
