@@ -48,6 +48,9 @@ listen = "127.0.0.1:$PORT"
 state_dir = "$WORK/state"
 instance = "$RUN"
 resync_interval = "100ms"
+# Applying is what is timed here, not the deliberate settle wait of a new release (10 s by default).
+[rollout]
+settle = "0s"
 [tls]
 ca = "$WORK/pki/ca.pem"
 cert = "$WORK/pki/deploy.pem"

@@ -443,7 +443,7 @@ impl<R: ContainerRuntime> Agent<R> {
         // this pass's failures stand.
         *self.errors.lock().await = failed;
         if rolling.is_empty() {
-            self.collect_garbage(&desired).await;
+            self.collect_garbage().await;
         }
         let observed = self.runtime.observe().await?;
         self.publish(&desired, &observed).await;
@@ -689,7 +689,6 @@ impl<R: ContainerRuntime> Agent<R> {
             let now = tokio::time::Instant::now();
             match (ready, settled_at) {
                 (true, None) => settled_at = Some(now + self.settings.rollout.settle),
-                (true, Some(at)) if now >= at => return Ok(()),
                 (true, Some(_)) => {}
                 // Not ready any more after it was: the restart check above names why.
                 (false, Some(_)) => settled_at = None,
@@ -703,26 +702,33 @@ impl<R: ContainerRuntime> Agent<R> {
                 }
                 (false, None) => {}
             }
+            if ready && settled_at.is_some_and(|at| now >= at) {
+                return Ok(());
+            }
             tokio::time::sleep(CHECK_EVERY).await;
         }
     }
 
     /// Removes the images the agent pulled that no current or rollback release uses (as
     /// configured), and package directories no release refers to.
-    async fn collect_garbage(&self, desired: &DesiredState) {
+    async fn collect_garbage(&self) {
         let tracks = self.tracks.lock().await.clone();
         let kept: Vec<&Release> = tracks
             .values()
             .flat_map(|t| t.current.iter().chain(t.previous.iter()))
             .collect();
-        let mut packages: BTreeSet<&std::path::Path> = kept
-            .iter()
-            .flat_map(|r| r.deployment.components.iter())
-            .chain(desired.deployments.iter().flat_map(|d| d.components.iter()))
-            .map(|c| c.package_dir.as_path())
-            .collect();
-        packages.retain(|p| p.starts_with(self.settings.state_dir.join("packages")));
-        remove_other_packages(&self.settings.state_dir.join("packages"), &packages);
+        {
+            // Held while removing: an apply stores its packages under this lock, so none is
+            // half-way between being written and being referenced.
+            let desired = self.desired.lock().await;
+            let packages: BTreeSet<&std::path::Path> = kept
+                .iter()
+                .flat_map(|r| r.deployment.components.iter())
+                .chain(desired.deployments.iter().flat_map(|d| d.components.iter()))
+                .map(|c| c.package_dir.as_path())
+                .collect();
+            remove_other_packages(&self.settings.state_dir.join("packages"), &packages);
+        }
 
         let gc = &self.settings.image_gc;
         if !gc.enabled {
