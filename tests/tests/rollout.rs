@@ -449,7 +449,11 @@ fn garbage_collection_removes_exactly_the_pulled_images_no_release_needs() -> Re
 #[ignore = "a benchmark: see BENCHMARKS.md"]
 fn bench_failed_apply_to_completed_rollback() -> Result<()> {
     let cleanup = Cleanup::new();
-    let deploy = Deploy::start_with(&fast())?;
+    // The default settle time, as a device would run.
+    let deploy = Deploy::start_with(&DeployOptions {
+        settle: Some("10s".into()),
+        ..fast()
+    })?;
     let app = AppDeployment::new(&cleanup.deployment_id()?, "bench").component("app", LOCATION);
     let id = app.id();
     let always = "    restart: always\n";
