@@ -358,7 +358,16 @@ impl<R: ContainerRuntime> Agent<R> {
             .filter(|(_, t)| matches!(t.phase, Phase::Rolling | Phase::Restoring))
             .map(|(id, _)| id.as_str())
             .collect();
-        let steps = plan::plan(&running, &observed, self.settings.remove_volumes);
+        // A first release that failed with nothing to go back to is left as it is: starting
+        // its containers again at every pass would be the retry loop a hold exists to stop.
+        let steps: Vec<Step> = plan::plan(&running, &observed, self.settings.remove_volumes)
+            .into_iter()
+            .filter(|step| {
+                step.owner()
+                    .and_then(|o| tracks.get(&o.deployment))
+                    .is_none_or(|t| t.phase != Phase::Failed)
+            })
+            .collect();
         if !steps.is_empty() || !rolling.is_empty() {
             self.publish(&desired, &observed).await;
         }

@@ -182,6 +182,55 @@ fn a_crash_looping_release_is_rolled_back_and_not_retried_until_asked() -> Resul
     Ok(())
 }
 
+/// When each container of the deployment last started.
+fn start_times(deployment_id: &str) -> Result<Vec<String>> {
+    containers(deployment_id)?
+        .into_iter()
+        .map(|c| {
+            let out = Command::new("docker")
+                .args(["inspect", "-f", "{{.State.StartedAt}}", &c.id])
+                .output()?;
+            ensure!(out.status.success(), "docker inspect {}: {out:?}", c.id);
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn a_first_release_that_fails_is_not_started_again_until_retried() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let deploy = Deploy::start_with(&fast())?;
+    let app = AppDeployment::new(&cleanup.deployment_id()?, "first").component("app", LOCATION);
+    let id = app.id();
+    // No restart policy: only woa-deploy could start it again.
+    deploy.apply(&revision(
+        "r1",
+        &app,
+        web(&crashing_image(&cleanup)?, "one", ""),
+    ))?;
+    let failed = deploy.wait_for(id, "r1", "FAILED")?;
+    let (code, message) = error_of(&failed);
+    assert_eq!(code, "ERR_ROLLED_BACK");
+    assert!(
+        message.contains("no earlier installed revision to roll back to"),
+        "{message}"
+    );
+    let started = start_times(id)?;
+    assert_eq!(started.len(), 1);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        start_times(id)?,
+        started,
+        "started again without being asked"
+    );
+
+    cli(&deploy, &["retry", id])?;
+    wait_until(CONVERGE, || Ok(start_times(id)? != started))
+        .context("retry did not start the release again")?;
+    deploy.wait_for(id, "r1", "FAILED")?;
+    Ok(())
+}
+
 #[test]
 fn a_health_check_that_never_passes_fails_after_the_timeout_and_rolls_back() -> Result<()> {
     let cleanup = Cleanup::new();
