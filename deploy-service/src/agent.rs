@@ -743,20 +743,10 @@ impl<R: ContainerRuntime> Agent<R> {
         if !gc.enabled {
             return;
         }
-        let used: BTreeSet<&str> = kept.iter().flat_map(|r| r.images()).collect();
         let mut pulled = self.pulled.lock().await;
-        let mut unused: Vec<(String, u64)> = pulled
-            .iter()
-            .filter(|(image, _)| !used.contains(image.as_str()))
-            .map(|(image, at)| (image.clone(), *at))
-            .collect();
-        unused.sort_by_key(|(_, at)| std::cmp::Reverse(*at));
-        let now = unix_now();
+        let doomed = rollout::unused_images(&pulled, &kept, gc, unix_now());
         let mut changed = false;
-        for (image, at) in unused.into_iter().skip(gc.keep) {
-            if now.saturating_sub(at) < gc.min_age.as_secs() {
-                continue;
-            }
+        for image in doomed {
             match self.runtime.remove_image(&image).await {
                 Ok(true) => {
                     tracing::info!(%image, "removed an unused image");

@@ -5,15 +5,16 @@
 //! deployment's resolved spec; two desired-state revisions that leave a deployment unchanged
 //! carry the same release, so an unrelated commit never restarts a rollout.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use woa_common::margo::StatusError;
 use woa_proto::v1 as pb;
 
+use crate::config::ImageGcConfig;
 use crate::desired::Deployment;
-use crate::spec::{Mount, Service};
+use crate::spec::{BindSource, Mount, Service};
 
 /// Code of the status of a release that failed and was rolled back, or that the operator
 /// rolled back.
@@ -264,6 +265,30 @@ impl Track {
     }
 }
 
+/// The images of `pulled` (reference, pulled at in Unix seconds) that garbage collection removes
+/// at `now`: those no release in `kept` uses, but for the `keep` most recently pulled and any
+/// pulled less than `min_age` ago.
+pub fn unused_images(
+    pulled: &BTreeMap<String, u64>,
+    kept: &[&Release],
+    gc: &ImageGcConfig,
+    now: u64,
+) -> Vec<String> {
+    let used: BTreeSet<&str> = kept.iter().flat_map(|r| r.images()).collect();
+    let mut unused: Vec<(&String, u64)> = pulled
+        .iter()
+        .filter(|(image, _)| !used.contains(image.as_str()))
+        .map(|(image, at)| (image, *at))
+        .collect();
+    unused.sort_by_key(|(_, at)| std::cmp::Reverse(*at));
+    unused
+        .into_iter()
+        .skip(gc.keep)
+        .filter(|(_, at)| now.saturating_sub(*at) >= gc.min_age.as_secs())
+        .map(|(image, _)| image.clone())
+        .collect()
+}
+
 /// The first 12 characters of a revision, as people read commit ids.
 pub fn short(revision: &str) -> &str {
     revision.get(..12).unwrap_or(revision)
@@ -393,7 +418,10 @@ fn service_changes(old: &Service, new: &Service) -> Vec<(String, String, String)
             .iter()
             .map(|m| match m {
                 Mount::Volume { source, target, .. } => format!("{source}:{target}"),
-                Mount::Bind { source, target, .. } => format!("{source:?}:{target}"),
+                Mount::Bind { source, target, .. } => match source {
+                    BindSource::Host(path) => format!("{path}:{target}"),
+                    BindSource::Package(path) => format!("./{path}:{target}"),
+                },
                 Mount::Tmpfs { target, .. } => format!("tmpfs:{target}"),
             })
             .collect();
@@ -584,6 +612,42 @@ mod tests {
         t.phase = Phase::Installed;
         assert_eq!(t.offer(&r2, OPEN), Offer::Promoted);
         assert_eq!(t.previous.as_ref().unwrap().revision, "r1");
+    }
+
+    #[test]
+    fn garbage_collection_spares_used_images_the_newest_few_and_the_young() {
+        let current = Release::new("r3", &deployment("app:3", &[]));
+        let previous = Release::new("r2", &deployment("app:2", &[]));
+        let pulled: BTreeMap<String, u64> = [
+            ("app:1", 100),
+            ("app:2", 200),
+            ("app:3", 300),
+            ("old:1", 50),
+            ("old:2", 60),
+            ("fresh:1", 990),
+        ]
+        .into_iter()
+        .map(|(i, at)| (i.to_string(), at))
+        .collect();
+        let kept = [&current, &previous];
+        let gc = |keep, min_age| ImageGcConfig {
+            enabled: true,
+            keep,
+            min_age: std::time::Duration::from_secs(min_age),
+        };
+        assert_eq!(
+            unused_images(&pulled, &kept, &gc(0, 0), 1000),
+            ["fresh:1", "app:1", "old:2", "old:1"]
+        );
+        // The newest unused one is kept, and those pulled under 100 s ago.
+        assert_eq!(
+            unused_images(&pulled, &kept, &gc(1, 100), 1000),
+            ["app:1", "old:2", "old:1"]
+        );
+        assert_eq!(
+            unused_images(&pulled, &kept, &gc(0, 935), 1000),
+            ["old:2", "old:1"]
+        );
     }
 
     #[test]
