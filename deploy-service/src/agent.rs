@@ -567,11 +567,8 @@ impl<R: ContainerRuntime> Agent<R> {
         self.store_tracks(&tracks)
     }
 
-    /// Makes sure the image is present, pulling it (and recording that the agent did) when not.
-    async fn ensure_image(&self, image: &str) -> Result<()> {
-        if self.runtime.has_image(image).await? {
-            return Ok(());
-        }
+    /// Pulls `image` and records that the agent did, so garbage collection may remove it later.
+    async fn pull(&self, image: &str) -> Result<()> {
         tracing::info!(%image, "pulling image");
         self.runtime.pull_image(image).await?;
         let mut pulled = self.pulled.lock().await;
@@ -580,48 +577,57 @@ impl<R: ContainerRuntime> Agent<R> {
             .map_err(|e| Error::Setup(format!("storing the pulled images: {e}")))
     }
 
-    /// Pulls every image the steps create containers from, refusing when the disk is below the
-    /// floor; failures are recorded by component.
+    /// Pulls every missing image the steps create containers from, refusing when the disk is
+    /// below the floor; failures are recorded for every component that needs the image.
     async fn pull_images(&self, steps: &[Step], failed: &mut HashMap<Owner, StatusError>) {
-        let mut missing: Vec<(&Owner, &str)> = Vec::new();
+        let mut users: BTreeMap<&str, Vec<&Owner>> = BTreeMap::new();
         for step in steps {
             if let Step::Create { plan, .. } = step {
-                let image = plan.service.image.as_str();
-                match self.runtime.has_image(image).await {
-                    Ok(true) => {}
-                    Ok(false) => missing.push((&plan.owner, image)),
-                    Err(e) => {
-                        failed.insert(plan.owner.clone(), status_error(&e));
-                    }
+                users
+                    .entry(&plan.service.image)
+                    .or_default()
+                    .push(&plan.owner);
+            }
+        }
+        let mut fail = |owners: &[&Owner], e: &Error| {
+            for owner in owners {
+                failed
+                    .entry((*owner).clone())
+                    .or_insert_with(|| status_error(e));
+            }
+        };
+        let mut missing: BTreeMap<&str, Vec<&Owner>> = BTreeMap::new();
+        for (image, owners) in users {
+            match self.runtime.has_image(image).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    missing.insert(image, owners);
                 }
+                Err(e) => fail(&owners, &e),
             }
         }
         if missing.is_empty() {
             return;
         }
-        if let Err(e) = self.check_disk(&missing).await {
+        let images: Vec<&str> = missing.keys().copied().collect();
+        if let Err(e) = self.check_disk(&images).await {
             tracing::warn!(error = %e, "not pulling images");
-            for (owner, _) in missing {
-                failed
-                    .entry(owner.clone())
-                    .or_insert_with(|| status_error(&e));
+            for owners in missing.values() {
+                fail(owners, &e);
             }
             return;
         }
-        for (owner, image) in missing {
-            if failed.contains_key(owner) {
-                continue;
-            }
-            if let Err(e) = self.ensure_image(image).await {
+        for (image, owners) in missing {
+            if let Err(e) = self.pull(image).await {
                 tracing::warn!(error = %e, "pull failed");
-                failed.insert(owner.clone(), status_error(&e));
+                fail(&owners, &e);
             }
         }
     }
 
     /// Fails when the engine's disk (or, when the agent cannot see it, the state directory's)
     /// has less free space than the configured floor.
-    async fn check_disk(&self, missing: &[(&Owner, &str)]) -> Result<()> {
+    async fn check_disk(&self, images: &[&str]) -> Result<()> {
         let floor = self.settings.rollout.min_free_disk;
         if floor == 0 {
             return Ok(());
@@ -638,7 +644,6 @@ impl<R: ContainerRuntime> Agent<R> {
         if free >= floor {
             return Ok(());
         }
-        let images: Vec<&str> = missing.iter().map(|(_, i)| *i).collect();
         Err(Error::DiskSpace {
             path: path.display().to_string(),
             free,
@@ -794,8 +799,8 @@ impl<R: ContainerRuntime> Agent<R> {
                 replaces,
                 after,
             } => {
-                // Pulled before any step already; this covers an image removed meanwhile.
-                self.ensure_image(&plan.service.image).await?;
+                // The image was pulled before any step; one removed since makes the create fail,
+                // and the next pass pulls it again.
                 self.wait_for(after, broken).await?;
                 tracing::info!(container = %plan.name, image = %plan.service.image, "creating container");
                 let Some(old) = replaces else {
