@@ -20,8 +20,8 @@ use woa_proto::v1 as pb;
 use crate::deploy_link::Deployer;
 use crate::snapshot::desired_state;
 use crate::source::{Mirror, RepoAccess};
-use woa_common::window::Schedule;
 use crate::{Error, Result};
+use woa_common::window::Schedule;
 
 /// Largest total size of one commit's files that is read.
 const TREE_LIMIT: u64 = 48 << 20;

@@ -23,8 +23,8 @@ use woa_proto::v1 as pb;
 use crate::Error;
 use crate::deploy_link::Deployer;
 use crate::pull::PullProblem;
-use woa_common::window::Schedule;
 use crate::wos::Wos;
+use woa_common::window::Schedule;
 
 /// Bounds on a `Retry-After`: a zero would mean a tight loop, a huge one a silent device.
 const RETRY_AFTER_MIN: Duration = Duration::from_secs(1);
