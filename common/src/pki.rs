@@ -13,8 +13,9 @@ use rcgen::{
 use crate::store::write_atomic;
 use crate::{Error, Result};
 
-/// Names the server certificate is valid for: loopback and the compose service name.
-pub const SERVER_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "deploy-service"];
+/// Names the server certificate is valid for: loopback and the service's names on a compose
+/// network (`woa-deploy` in this repository's `compose.yaml`).
+pub const SERVER_NAMES: [&str; 4] = ["localhost", "127.0.0.1", "deploy-service", "woa-deploy"];
 
 /// Writes `ca.pem ca-key.pem deploy.pem deploy-key.pem sync.pem sync-key.pem operator.pem
 /// operator-key.pem` into `dir` (keys 0600). An existing CA is kept unless `force` is set,

@@ -3,12 +3,13 @@
 //! It pulls the device's desired state from its Git repository into a local mirror (gix),
 //! hands each new revision to the deployment service over mTLS gRPC, and posts the current
 //! state and the device capabilities to the WOS. `main.rs` is a thin shell over [`run`],
-//! [`enroll`] and [`device_id`].
+//! [`enroll`], [`device_id`] and [`health`].
 
 mod config;
 mod deploy_link;
 mod error;
 mod git_report;
+pub mod health;
 mod identity;
 mod pull;
 mod report;
@@ -112,6 +113,11 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         last_poll: last_poll_tx,
     };
     tokio::join!(
+        health::beat(
+            config.state_dir.clone(),
+            health::HEARTBEAT_INTERVAL,
+            cancel.clone()
+        ),
         report::watch_states(deployer, states_tx, cancel.clone()),
         puller.run(cancel.clone()),
         async {

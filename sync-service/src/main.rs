@@ -26,6 +26,10 @@ enum Command {
     DeviceId,
     /// Set up trust with the WOS: with an enrollment token, or from pre-provisioned files.
     Enroll(Box<EnrollArgs>),
+    /// Exit 0 when `run` is alive (its heartbeat in the state dir is fresh), 1 otherwise.
+    ///
+    /// For container health checks; an unreachable WOS does not make the service unhealthy.
+    Health,
 }
 
 #[derive(Args)]
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
     };
     woa_common::telemetry::init(config.log_format);
     let result = match cli.command {
+        Command::Health => return health(&config.state_dir),
         Command::DeviceId => woa_sync::device_id(&config.state_dir)
             .map(|id| println!("{id}"))
             .map_err(anyhow::Error::from),
@@ -108,6 +113,24 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("woa-sync: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `woa-sync health`: one line on stdout, and the exit code.
+fn health(state_dir: &Path) -> ExitCode {
+    match woa_sync::health::check(state_dir) {
+        Ok(health) => {
+            println!("{health}");
+            if health.is_healthy() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            println!("unhealthy: {e}");
             ExitCode::FAILURE
         }
     }

@@ -373,6 +373,20 @@ fn status_and_capabilities_need_the_device_certificate_and_are_recorded() {
 
     let recorded = wos.device(client_id).unwrap();
     assert_eq!(recorded["deployments"]["dep-1"], installed);
+    // The last status of one deployment, on its own.
+    let admin_status = |deployment: &str| {
+        wos.client()
+            .get(format!(
+                "{}/admin/devices/{client_id}/deployments/{deployment}",
+                wos.url()
+            ))
+            .send()
+            .unwrap()
+    };
+    let one = admin_status("dep-1");
+    assert!(one.status().is_success(), "{one:?}");
+    assert_eq!(one.json::<Value>().unwrap(), installed);
+    assert_eq!(admin_status("dep-2").status(), StatusCode::NOT_FOUND);
     let history = recorded["statusHistory"].as_array().unwrap();
     assert_eq!(history.len(), 2);
     assert_eq!(history[0]["status"], installing);

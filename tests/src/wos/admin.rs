@@ -46,6 +46,24 @@ pub(crate) async fn device(
     json_response(StatusCode::OK, &detail(&wos, &device))
 }
 
+/// `GET /admin/devices/{clientId}/deployments/{deploymentId}`: the last status the device
+/// posted for that deployment, as it posted it.
+pub(crate) async fn deployment(
+    State(wos): State<Arc<Wos>>,
+    Path((client_id, deployment_id)): Path<(String, String)>,
+) -> Response<Body> {
+    let Some(device) = wos.store.device(&client_id) else {
+        return problem(StatusCode::NOT_FOUND, format!("no client {client_id}"));
+    };
+    match device.deployments.get(&deployment_id) {
+        Some(status) => json_response(StatusCode::OK, status),
+        None => problem(
+            StatusCode::NOT_FOUND,
+            format!("client {client_id} has posted no status of {deployment_id}"),
+        ),
+    }
+}
+
 fn detail(wos: &Wos, device: &Device) -> Value {
     json!({
         "clientId": device.client_id,

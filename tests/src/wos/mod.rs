@@ -326,6 +326,10 @@ fn router(wos: Arc<Wos>) -> Router {
         .route("/admin/devices", get(admin::devices).post(admin::provision))
         .route("/admin/devices/{client_id}", get(admin::device))
         .route(
+            "/admin/devices/{client_id}/deployments/{deployment_id}",
+            get(admin::deployment),
+        )
+        .route(
             "/admin/devices/{client_id}/credentials",
             post(admin::rotate_credentials),
         )
