@@ -122,6 +122,22 @@ struct Stack {
 }
 
 impl Stack {
+    /// The compose project `project` on `images`, with its configuration from `config_dir` and
+    /// woa-deploy's state in `state_dir`.
+    fn new(project: &str, images: &Images, config_dir: &Path, state_dir: &Path) -> Stack {
+        Stack {
+            project: project.to_owned(),
+            env: vec![
+                ("WOA_DEPLOY_IMAGE", images.deploy.clone()),
+                ("WOA_SYNC_IMAGE", images.sync.clone()),
+                ("WOA_CONFIG_DIR", config_dir.display().to_string()),
+                ("WOA_DEPLOY_STATE_DIR", state_dir.display().to_string()),
+                ("WOA_INSTANCE", project.to_owned()),
+            ],
+            extra_files: Vec::new(),
+        }
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let cli = compose_cli();
         let mut command = Command::new(cli[0]);
@@ -334,23 +350,12 @@ fn the_quick_start_deploys_and_changes_the_sample_app_and_survives_restarts() ->
     );
 
     // The same stack, driven as README.md says.
-    let stack = Stack {
-        project: project.clone(),
-        env: vec![
-            ("WOA_DEPLOY_IMAGE", images.deploy.clone()),
-            ("WOA_SYNC_IMAGE", images.sync.clone()),
-            (
-                "WOA_CONFIG_DIR",
-                demo_dir.join("config").display().to_string(),
-            ),
-            (
-                "WOA_DEPLOY_STATE_DIR",
-                demo_dir.join("deploy").display().to_string(),
-            ),
-            ("WOA_INSTANCE", project.clone()),
-        ],
-        extra_files: Vec::new(),
-    };
+    let stack = Stack::new(
+        &project,
+        images,
+        &demo_dir.join("config"),
+        &demo_dir.join("deploy"),
+    );
     let deploy = stack.container("woa-deploy")?;
     let sync = stack.container("woa-sync")?;
     // Nothing published; who runs as whom; only woa-deploy has the socket.
@@ -427,23 +432,13 @@ fn woa_deploy_in_its_container_passes_the_conformance_kit() -> Result<()> {
         &publish,
         "services:\n  woa-deploy:\n    ports: [\"127.0.0.1::7411\"]\n",
     )?;
-    let stack = Stack {
-        project: project.clone(),
-        env: vec![
-            ("WOA_DEPLOY_IMAGE", images.deploy.clone()),
-            ("WOA_SYNC_IMAGE", images.sync.clone()),
-            (
-                "WOA_CONFIG_DIR",
-                workspace().join("config").display().to_string(),
-            ),
-            (
-                "WOA_DEPLOY_STATE_DIR",
-                dir.path().join("deploy").display().to_string(),
-            ),
-            ("WOA_INSTANCE", project.clone()),
-        ],
-        extra_files: vec![publish],
-    };
+    let mut stack = Stack::new(
+        &project,
+        images,
+        &workspace().join("config"),
+        &dir.path().join("deploy"),
+    );
+    stack.extra_files.push(publish);
     stack.compose(&["up", "-d", "woa-deploy"])?;
     stack.wait_healthy("woa-deploy")?;
     let address = stack
