@@ -9,41 +9,39 @@ use anyhow::{Context, Result, anyhow};
 
 use crate::util::run;
 
-/// The `woa-deploy` binary of this workspace, built on first use.
-pub(crate) fn woa_deploy() -> Result<&'static Path> {
-    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    built(&BINARY, "woa-deploy", "woa-deploy")
+/// The `woa-deploy` binary of this workspace.
+pub(crate) fn woa_deploy() -> Result<PathBuf> {
+    built("woa-deploy")
 }
 
-/// The `woa-testkit` binary (the reference WOS, ...), built on first use.
-pub(crate) fn woa_testkit() -> Result<&'static Path> {
-    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    built(&BINARY, "woa-tests", "woa-testkit")
+/// The `woa-testkit` binary (the reference WOS, ...).
+pub(crate) fn woa_testkit() -> Result<PathBuf> {
+    built("woa-testkit")
 }
 
-/// The `woa-sync` binary of this workspace, built on first use.
-pub(crate) fn woa_sync() -> Result<&'static Path> {
-    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    built(&BINARY, "woa-sync", "woa-sync")
+/// The `woa-sync` binary of this workspace.
+pub(crate) fn woa_sync() -> Result<PathBuf> {
+    built("woa-sync")
 }
 
-/// Builds `bin` of `package` once per test process and remembers the outcome in `cell`.
-fn built(
-    cell: &'static OnceLock<Result<PathBuf, String>>,
-    package: &str,
-    bin: &str,
-) -> Result<&'static Path> {
-    cell.get_or_init(|| build_binary(package, bin).map_err(|err| format!("{err:#}")))
-        .as_deref()
-        .map_err(|err| anyhow!("{err}"))
+/// The path of the workspace binary `bin`, once the workspace is built (once per test process).
+fn built(bin: &str) -> Result<PathBuf> {
+    static BUILD: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = BUILD
+        .get_or_init(|| build_workspace().map_err(|err| format!("{err:#}")))
+        .as_ref()
+        .map_err(|err| anyhow!("{err}"))?;
+    Ok(dir.join(bin))
 }
 
-/// Runs `cargo build -p <package> --bin <bin>` into the target dir the tests run from and
-/// returns the binary's path.
+/// Builds the workspace's binaries (and tests) into the target dir the tests run from, as
+/// `scripts/test.sh` does before `cargo test`, and returns the directory the binaries are in.
 ///
 /// Integration tests cannot depend on another crate's binary (and the kit's library cannot see
-/// `CARGO_BIN_EXE_*`), so the kit builds what it starts itself.
-pub(crate) fn build_binary(package: &str, bin: &str) -> Result<PathBuf> {
+/// `CARGO_BIN_EXE_*`), so the kit builds what it starts itself. It builds the whole workspace
+/// with its tests, so features resolve as in `cargo test --workspace` and every dependency built
+/// for the tests is reused; after `scripts/test.sh` this finds everything built.
+fn build_workspace() -> Result<PathBuf> {
     let target_dir = target_dir()?;
     // Read at run time: a build cached from another checkout of the workspace (sharing the
     // target dir) would otherwise carry that checkout's path and build its sources.
@@ -55,13 +53,20 @@ pub(crate) fn build_binary(package: &str, bin: &str) -> Result<PathBuf> {
         .context("the tests crate lives inside the workspace")?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     run(Command::new(cargo)
-        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .args([
+            "build",
+            "--quiet",
+            "--locked",
+            "--workspace",
+            "--bins",
+            "--tests",
+        ])
         .arg("--manifest-path")
         .arg(workspace.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir))
-    .with_context(|| format!("building {bin}"))?;
-    Ok(target_dir.join("debug").join(bin))
+    .context("building the workspace's binaries")?;
+    Ok(target_dir.join("debug"))
 }
 
 /// The cargo target dir, from this test executable's path (`<target>/debug/deps/<test>`).
