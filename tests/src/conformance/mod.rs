@@ -132,13 +132,19 @@ pub async fn run_reporting(
     mut on_case: impl FnMut(&CaseResult),
 ) -> Report {
     let mut report = Report::default();
-    let target = Target::new(options);
+    // A target the suite cannot reach over TLS fails every case for one reason: a refused
+    // handshake is final, so it is tried once and named once, and the rest are not run.
+    let target = match Target::new(options) {
+        Ok(target) => target.handshake().await.map(|()| target),
+        Err(err) => Err(err),
+    };
+    let mut unusable = target.as_ref().err().map(|err| format!("{err:#}"));
     for case in Case::ALL {
         let started = Instant::now();
-        let failure = match &target {
-            Ok(target) => run_case(case, target).await.err(),
-            // Unusable files fail every case the same way, so the report keeps its shape.
-            Err(err) => Some(format!("{err:#}")),
+        let failure = match (&target, unusable.take()) {
+            (Ok(target), _) => run_case(case, target).await.err(),
+            (Err(_), Some(reason)) => Some(reason),
+            (Err(_), None) => Some("not run: the target is unusable (see above)".to_owned()),
         };
         let result = CaseResult {
             name: case.name(),
@@ -178,6 +184,8 @@ async fn run_case(case: Case, target: &Target) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)] // A failed unwrap is a failed test.
+
     use super::*;
 
     fn result(name: &'static str, failure: Option<&str>) -> CaseResult {
@@ -226,9 +234,44 @@ mod tests {
         assert_eq!(report.cases.len(), Case::ALL.len());
         assert_eq!(seen, Case::ALL.map(Case::name));
         assert_eq!(report.failed(), Case::ALL.len());
-        for case in &report.cases {
-            let reason = case.failure.as_deref().unwrap_or_default();
-            assert!(reason.contains("/nonexistent/ca.pem"), "{reason}");
+        // The reason is given once, by the first case; the others say they did not run.
+        let reasons: Vec<&str> = report
+            .cases
+            .iter()
+            .map(|case| case.failure.as_deref().unwrap_or_default())
+            .collect();
+        assert!(reasons[0].contains("/nonexistent/ca.pem"), "{reasons:?}");
+        for reason in &reasons[1..] {
+            assert!(reason.starts_with("not run"), "{reasons:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_fails_every_case_at_once() {
+        let pki = crate::pki::Pki::init().unwrap();
+        // Nothing listens on port 1 of loopback: the connection is refused at once.
+        let options = ConformanceOptions {
+            target: "127.0.0.1:1".to_owned(),
+            ca: pki.file("ca.pem"),
+            cert: pki.file("sync.pem"),
+            key: pki.file("sync-key.pem"),
+            server_name: None,
+            image: "unused".to_owned(),
+            timeout_secs: 60,
+        };
+        let report = run(&options).await;
+        let text = report.to_text();
+        assert_eq!(report.failed(), Case::ALL.len(), "{text}");
+        // Said once, by the first case; no case waited out its timeout on the target.
+        let first = report.cases[0].failure.as_deref().unwrap_or_default();
+        assert!(first.contains("127.0.0.1:1"), "{text}");
+        for case in &report.cases[1..] {
+            assert!(
+                case.failure
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("not run")),
+                "{text}"
+            );
         }
     }
 }

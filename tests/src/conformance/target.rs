@@ -17,6 +17,9 @@ const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// Longest a single call may take; the contract's calls answer before anything converges.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Longest a connection (TCP and TLS handshake) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How often a wait asks for the current state again.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -24,8 +27,10 @@ const POLL_INTERVAL: Duration = Duration::from_millis(250);
 pub(super) struct Target {
     client: DeploymentServiceClient<Channel>,
     endpoint: String,
-    ca: Vec<u8>,
-    server_name: Option<String>,
+    /// TLS with the suite's certificate.
+    tls: ClientTlsConfig,
+    /// TLS trusting the target's CA, without a certificate of the suite's own.
+    anonymous_tls: ClientTlsConfig,
     image: String,
     timeout: Duration,
 }
@@ -36,23 +41,38 @@ impl Target {
         let read = |path: &std::path::Path| {
             std::fs::read(path).with_context(|| format!("reading {}", path.display()))
         };
-        let ca = read(&options.ca)?;
+        let ca = Certificate::from_pem(read(&options.ca)?);
         let identity = Identity::from_pem(read(&options.cert)?, read(&options.key)?);
+        let mut anonymous_tls = ClientTlsConfig::new().ca_certificate(ca);
+        if let Some(name) = &options.server_name {
+            anonymous_tls = anonymous_tls.domain_name(name);
+        }
+        let tls = anonymous_tls.clone().identity(identity);
         let endpoint = format!("https://{}", options.target);
-        let channel = channel(
-            &endpoint,
-            &ca,
-            Some(identity),
-            options.server_name.as_deref(),
-        )?;
         Ok(Target {
-            client: client(channel),
+            client: client(channel(&endpoint, &tls)?),
             endpoint,
-            ca,
-            server_name: options.server_name.clone(),
+            tls,
+            anonymous_tls,
             image: options.image.clone(),
             timeout: options.timeout(),
         })
+    }
+
+    /// Opens one connection with the suite's certificate, bounded in time: fails with the
+    /// TLS problem (or the connection's) when the target cannot be reached.
+    pub(super) async fn handshake(&self) -> Result<()> {
+        let endpoint = endpoint(&self.endpoint, &self.tls)?;
+        match tokio::time::timeout(CONNECT_TIMEOUT * 2, endpoint.connect()).await {
+            Ok(Ok(_channel)) => Ok(()),
+            Ok(Err(err)) => Err(anyhow::Error::new(err))
+                .with_context(|| format!("connecting to {} over mutual TLS", self.endpoint)),
+            Err(_) => bail!(
+                "connecting to {}: no TLS handshake within {:?}",
+                self.endpoint,
+                CONNECT_TIMEOUT * 2
+            ),
+        }
     }
 
     /// How long a deployment may take to reach a state.
@@ -67,8 +87,7 @@ impl Target {
 
     /// A client that trusts the target's CA but presents no certificate of its own.
     pub(super) fn anonymous(&self) -> Result<DeploymentServiceClient<Channel>> {
-        let channel = channel(&self.endpoint, &self.ca, None, self.server_name.as_deref())?;
-        Ok(client(channel))
+        Ok(client(channel(&self.endpoint, &self.anonymous_tls)?))
     }
 
     /// `GetCapabilities`.
@@ -218,26 +237,16 @@ pub(super) fn revision(label: &str) -> Result<String> {
     Ok(format!("conformance-{label}-{}", uuid_v4()))
 }
 
-fn channel(
-    endpoint: &str,
-    ca: &[u8],
-    identity: Option<Identity>,
-    server_name: Option<&str>,
-) -> Result<Channel> {
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
-    if let Some(identity) = identity {
-        tls = tls.identity(identity);
-    }
-    if let Some(name) = server_name {
-        tls = tls.domain_name(name);
-    }
-    let channel = Endpoint::from_shared(endpoint.to_owned())
+fn endpoint(endpoint: &str, tls: &ClientTlsConfig) -> Result<Endpoint> {
+    Ok(Endpoint::from_shared(endpoint.to_owned())
         .with_context(|| format!("target {endpoint:?}"))?
-        .tls_config(tls)
+        .tls_config(tls.clone())
         .context("TLS setup")?
-        .connect_timeout(Duration::from_secs(5))
-        .connect_lazy();
-    Ok(channel)
+        .connect_timeout(CONNECT_TIMEOUT))
+}
+
+fn channel(endpoint_url: &str, tls: &ClientTlsConfig) -> Result<Channel> {
+    Ok(endpoint(endpoint_url, tls)?.connect_lazy())
 }
 
 fn client(channel: Channel) -> DeploymentServiceClient<Channel> {
