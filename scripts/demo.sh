@@ -17,6 +17,8 @@
 #   WOA_TESTKIT                        a woa-testkit binary to use instead of building one
 #   CARGO_TARGET_DIR [./target]        where cargo builds
 #   WOA_IMAGE_PROFILE [release]        the cargo profile of the binaries
+#   WOA_COMPOSE [docker compose]       the Compose CLI (`docker-compose` for 1.29); by default v2
+#                                      when installed, else docker-compose
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -38,8 +40,12 @@ say() { printf '   %s\n' "$@"; }
 show() { printf '   %s%s%s\n' "$G" "$*" "$R"; }
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 
-# The Compose CLI: v2 when there, else docker-compose 1.29 (Debian's package).
-if docker compose version >/dev/null 2>&1; then
+# The Compose CLI: WOA_COMPOSE when set (`docker compose` or `docker-compose`), else v2 when
+# there, else docker-compose 1.29 (Debian's package).
+if [ -n "${WOA_COMPOSE:-}" ]; then
+  read -r -a COMPOSE <<<"$WOA_COMPOSE"
+  "${COMPOSE[@]}" version >/dev/null 2>&1 || die "WOA_COMPOSE=$WOA_COMPOSE does not run"
+elif docker compose version >/dev/null 2>&1; then
   COMPOSE=(docker compose)
 elif command -v docker-compose >/dev/null 2>&1; then
   COMPOSE=(docker-compose)

@@ -100,22 +100,47 @@ fn build_images() -> Result<Images> {
     })
 }
 
-/// The Compose CLI of this machine: v2 when there, else docker-compose.
-fn compose_cli() -> Vec<&'static str> {
-    let v2 = Command::new("docker")
-        .args(["compose", "version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if v2 {
-        vec!["docker", "compose"]
-    } else {
-        vec!["docker-compose"]
+/// A Compose implementation: the tests run under both, as users do.
+#[derive(Debug, Clone, Copy)]
+enum Compose {
+    /// Compose v2, the `docker compose` CLI plugin (Go).
+    V2,
+    /// Debian's docker-compose 1.29 (Python).
+    V1,
+}
+
+impl Compose {
+    /// The command line that runs it, e.g. `["docker", "compose"]`.
+    fn cli(self) -> &'static [&'static str] {
+        match self {
+            Compose::V2 => &["docker", "compose"],
+            Compose::V1 => &["docker-compose"],
+        }
+    }
+
+    /// The CLI, once checked to run here; `scripts/test.sh` installs both.
+    fn installed(self) -> Result<Compose> {
+        let cli = self.cli();
+        let version =
+            run(Command::new(cli[0]).args(&cli[1..]).arg("version")).with_context(|| {
+                format!(
+                    "{} is not installed (scripts/test.sh installs it)",
+                    cli.join(" ")
+                )
+            })?;
+        println!(
+            "{}: {}",
+            cli.join(" "),
+            version.lines().next().unwrap_or_default()
+        );
+        Ok(self)
     }
 }
 
 /// One compose project of `compose.yaml`, with the variables it reads; taken down (volumes
 /// too) with everything its woa-deploy instance started when dropped.
 struct Stack {
+    compose: Compose,
     project: String,
     env: Vec<(&'static str, String)>,
     extra_files: Vec<PathBuf>,
@@ -124,8 +149,15 @@ struct Stack {
 impl Stack {
     /// The compose project `project` on `images`, with its configuration from `config_dir` and
     /// woa-deploy's state in `state_dir`.
-    fn new(project: &str, images: &Images, config_dir: &Path, state_dir: &Path) -> Stack {
+    fn new(
+        compose: Compose,
+        project: &str,
+        images: &Images,
+        config_dir: &Path,
+        state_dir: &Path,
+    ) -> Stack {
         Stack {
+            compose,
             project: project.to_owned(),
             env: vec![
                 ("WOA_DEPLOY_IMAGE", images.deploy.clone()),
@@ -139,7 +171,7 @@ impl Stack {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let cli = compose_cli();
+        let cli = self.compose.cli();
         let mut command = Command::new(cli[0]);
         command.args(&cli[1..]);
         command.arg("-f").arg(workspace().join("compose.yaml"));
@@ -306,7 +338,29 @@ fn wait_for_answer(port: u16, message: &str) -> Result<()> {
 }
 
 #[test]
-fn the_quick_start_deploys_and_changes_the_sample_app_and_survives_restarts() -> Result<()> {
+fn the_quick_start_under_compose_v2() -> Result<()> {
+    quick_start(Compose::V2.installed()?)
+}
+
+#[test]
+fn the_quick_start_under_docker_compose_1_29() -> Result<()> {
+    quick_start(Compose::V1.installed()?)
+}
+
+#[test]
+fn woa_deploy_in_its_container_under_compose_v2_passes_the_conformance_kit() -> Result<()> {
+    conformance_in_container(Compose::V2.installed()?)
+}
+
+#[test]
+fn woa_deploy_in_its_container_under_docker_compose_1_29_passes_the_conformance_kit() -> Result<()>
+{
+    conformance_in_container(Compose::V1.installed()?)
+}
+
+/// The quick start deploys and changes the sample app, and the stack survives restarts and
+/// `down`/`up`.
+fn quick_start(compose: Compose) -> Result<()> {
     let images = images()?;
     for image in [&images.deploy, &images.sync] {
         let size: u64 = inspect(image, "{{.Size}}")?.parse()?;
@@ -325,6 +379,7 @@ fn the_quick_start_deploys_and_changes_the_sample_app_and_survives_restarts() ->
         ("WOA_DEMO_WOS_PORT", free_port()?.to_string()),
         ("WOA_TESTKIT", env!("CARGO_BIN_EXE_woa-testkit").to_owned()),
         ("CARGO_TARGET_DIR", target_dir()?.display().to_string()),
+        ("WOA_COMPOSE", compose.cli().join(" ")),
     ];
     let _cleanup = DemoCleanup { env: env.clone() };
     let started = std::time::Instant::now();
@@ -351,6 +406,7 @@ fn the_quick_start_deploys_and_changes_the_sample_app_and_survives_restarts() ->
 
     // The same stack, driven as README.md says.
     let stack = Stack::new(
+        compose,
         &project,
         images,
         &demo_dir.join("config"),
@@ -420,8 +476,8 @@ fn the_quick_start_deploys_and_changes_the_sample_app_and_survives_restarts() ->
     Ok(())
 }
 
-#[test]
-fn woa_deploy_in_its_container_passes_the_conformance_kit() -> Result<()> {
+/// The conformance kit passes against woa-deploy started from compose.yaml.
+fn conformance_in_container(compose: Compose) -> Result<()> {
     let images = images()?;
     let image = testapp_image()?;
     let dir = tempfile::tempdir()?;
@@ -433,6 +489,7 @@ fn woa_deploy_in_its_container_passes_the_conformance_kit() -> Result<()> {
         "services:\n  woa-deploy:\n    ports: [\"127.0.0.1::7411\"]\n",
     )?;
     let mut stack = Stack::new(
+        compose,
         &project,
         images,
         &workspace().join("config"),
