@@ -22,6 +22,7 @@ use crate::desired::{self, Component, Deployment, DesiredState, status_error};
 use crate::metrics::Metrics;
 use crate::package::PackageFetcher;
 use crate::plan::{self, Awaited, Step};
+use crate::policy::Policy;
 use crate::rollout::{self, Gates, Offer, Phase, Release, Tracks};
 use crate::runtime::{ContainerPlan, ContainerRuntime, Observed, ObservedContainer, Owner};
 use crate::spec::Condition;
@@ -47,6 +48,8 @@ pub struct AgentSettings {
     pub rollout: RolloutConfig,
     /// Removing unused images.
     pub image_gc: ImageGcConfig,
+    /// What a desired state may ask of the host.
+    pub policy: Policy,
 }
 
 /// The deployment agent over a container runtime.
@@ -148,6 +151,7 @@ impl<R: ContainerRuntime> Agent<R> {
             &artifacts,
             &desired,
             &self.fetcher,
+            &self.settings.policy,
             &self.settings.state_dir.join("packages"),
         )
         .await;
@@ -1412,6 +1416,7 @@ mod tests {
             remove_volumes: false,
             rollout: Default::default(),
             image_gc: Default::default(),
+            policy: Default::default(),
         };
         let fetcher = PackageFetcher::new(&PackageConfig::default()).unwrap();
         let agent = Agent::new(Unreachable, fetcher, settings).unwrap();

@@ -10,6 +10,7 @@ use woa_common::telemetry::LogFormat;
 use woa_common::window::Window;
 
 use crate::package::{Credentials, PackageConfig};
+use crate::policy::{PolicyConfig, Protected};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +46,11 @@ pub struct Config {
     pub rollout: RolloutConfig,
     /// Removing images the agent pulled that no release needs any more.
     pub image_gc: ImageGcConfig,
+    /// What a desired state may ask of the host.
+    pub policy: PolicyConfig,
+    /// The file this configuration was read from, if any (its directory is protected).
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
 
 /// Whether a new release of a deployment needs the site's approval.
@@ -186,6 +192,8 @@ impl Default for Config {
             device: DeviceOverrides::default(),
             rollout: RolloutConfig::default(),
             image_gc: ImageGcConfig::default(),
+            policy: PolicyConfig::default(),
+            file: None,
         }
     }
 }
@@ -193,7 +201,8 @@ impl Default for Config {
 impl Config {
     /// Loads and checks the configuration.
     pub fn load(file: Option<&std::path::Path>) -> woa_common::Result<Self> {
-        let config: Self = woa_common::config::load(file, "WOA_DEPLOY__")?;
+        let mut config: Self = woa_common::config::load(file, "WOA_DEPLOY__")?;
+        config.file = file.map(std::path::Path::to_path_buf);
         for (name, path) in [
             ("tls.ca", &config.tls.ca),
             ("tls.cert", &config.tls.cert),
@@ -209,5 +218,20 @@ impl Config {
             ));
         }
         Ok(config)
+    }
+
+    /// woa's own paths, which apps may not bind-mount unless `policy.agent_dirs` allows it: the
+    /// state directory and the directories of the TLS files and of the configuration file.
+    pub fn protected(&self) -> Protected {
+        let files = [&self.tls.ca, &self.tls.cert, &self.tls.key]
+            .into_iter()
+            .chain(self.file.as_ref());
+        let mut dirs = vec![self.state_dir.clone()];
+        for dir in files.filter_map(|f| std::path::absolute(f).ok()?.parent().map(Into::into)) {
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        Protected::new(dirs)
     }
 }

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use woa_common::margo::{self, Package as MargoPackage, Profile, StatusError};
 
 use crate::package::PackageFetcher;
+use crate::policy::Policy;
 use crate::spec::{BindSource, Project};
 use crate::{Error, Result, compose};
 
@@ -88,6 +89,7 @@ pub async fn resolve(
     artifacts: &BTreeMap<String, Vec<u8>>,
     previous: &DesiredState,
     fetcher: &PackageFetcher,
+    policy: &Policy,
     packages_dir: &Path,
 ) -> DesiredState {
     let mut state = DesiredState {
@@ -134,7 +136,7 @@ pub async fn resolve(
             .flat_map(|d| d.components.iter().map(|c| c.name.clone()))
             .collect();
         let result = match parsed {
-            Ok(d) => resolve_deployment(&d, artifacts, fetcher, packages_dir)
+            Ok(d) => resolve_deployment(&d, artifacts, fetcher, policy, packages_dir)
                 .await
                 .map(|components| (d, components)),
             Err(e) => Err(e),
@@ -176,6 +178,7 @@ async fn resolve_deployment(
         Profile::Compose => {}
         other => return Err(Error::UnsupportedProfile(other.to_string())),
     }
+    policy: &Policy,
     let mut variables: BTreeMap<&str, BTreeMap<String, String>> = BTreeMap::new();
     for p in &d.parameters {
         for t in &p.targets {
@@ -218,6 +221,10 @@ async fn resolve_deployment(
             bind_digests,
             name: c.name.clone(),
             project,
+        policy.check(&project).map_err(|message| Error::Policy {
+            file: package.compose_file.clone(),
+            message,
+        })?;
             package_dir,
             wait: c.wait,
             timeout: c.timeout,

@@ -34,6 +34,14 @@ pub enum Error {
         /// What is wrong, naming the key (e.g. `services.web.privileged`).
         message: String,
     },
+    /// A compose file asks for what the device owner's policy does not allow.
+    #[error("{file}: {message}")]
+    Policy {
+        /// The compose file (package-relative path).
+        file: String,
+        /// What was refused, naming the key and the setting that would allow it.
+        message: String,
+    },
     /// An image could not be pulled.
     #[error("pulling image {image}: {message}")]
     ImagePull {
@@ -102,6 +110,7 @@ impl Error {
             Error::ParameterTarget { .. } => "ERR_INVALID_PARAMETER",
             Error::Package { .. } => "ERR_PACKAGE",
             Error::Compose { .. } => "ERR_INVALID_COMPOSE",
+            Error::Policy { .. } => "ERR_POLICY",
             Error::ImagePull { .. } => "ERR_IMAGE_PULL",
             Error::Runtime { .. } => "ERR_RUNTIME",
             Error::NotReady { .. } => "ERR_NOT_READY",
@@ -122,7 +131,7 @@ impl Error {
             Error::UnsupportedProfile(_) => "spec.deploymentProfile.type".into(),
             Error::ParameterTarget { parameter, .. } => format!("spec.parameters.{parameter}"),
             Error::Package { location, .. } => location.clone(),
-            Error::Compose { file, .. } => file.clone(),
+            Error::Compose { file, .. } | Error::Policy { file, .. } => file.clone(),
             Error::ImagePull { image, .. } => image.clone(),
             Error::Runtime { operation, .. } => operation.clone(),
             Error::NotReady { component, .. } => component.clone(),

@@ -15,6 +15,7 @@ mod metrics;
 pub mod operator;
 pub mod package;
 mod plan;
+mod policy;
 mod rollout;
 mod runtime;
 mod server;
@@ -51,6 +52,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         remove_volumes: config.remove_volumes,
         rollout: config.rollout.clone(),
         image_gc: config.image_gc.clone(),
+        policy: policy::Policy::new(config.policy.clone(), config.protected()),
     };
     let agent = agent::Agent::new(runtime, fetcher, settings)?;
     tracing::info!(listen = ?bound.local_addr(), state_dir = %config.state_dir.display(), "woa-deploy serving");

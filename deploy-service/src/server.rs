@@ -39,6 +39,7 @@ fn to_status(e: Error) -> Status {
         | Error::ParameterTarget { .. }
         | Error::Compose { .. }
         | Error::Package { .. } => Status::invalid_argument(e.to_string()),
+        Error::Policy { .. } => Status::permission_denied(e.to_string()),
         Error::ImagePull { .. } | Error::Runtime { .. } | Error::NotReady { .. } => {
             Status::unavailable(e.to_string())
         }

@@ -45,6 +45,24 @@ impl Container {
             .find_map(|binding| binding["HostPort"].as_str()?.parse().ok())
     }
 
+    /// The host paths bind-mounted into the container, with where: `(source, destination)`.
+    pub fn binds(&self) -> Vec<(String, String)> {
+        let mounts = self.inspect["Mounts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        mounts
+            .iter()
+            .filter(|m| m["Type"] == "bind")
+            .filter_map(|m| {
+                Some((
+                    m["Source"].as_str()?.into(),
+                    m["Destination"].as_str()?.into(),
+                ))
+            })
+            .collect()
+    }
+
     fn from_inspect(inspect: Value) -> Option<Container> {
         let labels = inspect["Config"]["Labels"]
             .as_object()

@@ -6,6 +6,7 @@
 
 mod archive;
 mod binaries;
+mod bystander;
 pub mod conformance;
 mod deploy;
 mod desired;
@@ -21,6 +22,7 @@ pub mod wos;
 mod wos_server;
 
 pub use archive::tar_gz;
+pub use bystander::{Bystander, fails_alone, fails_alone_with, single_service};
 pub use deploy::{Deploy, DeployOptions, Identity};
 pub use desired::{AppDeployment, DesiredState};
 pub use docker::{Cleanup, Container, containers, networks, remove_container};

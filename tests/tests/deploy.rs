@@ -6,9 +6,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 use woa_tests::{
-    AppDeployment, Cleanup, Container, Deploy, DeployOptions, DesiredState, Identity, Pki,
-    Registry, containers, http_get, networks, new_deployment_id, remove_container, tar_gz,
-    testapp_image, wait_until,
+    AppDeployment, Bystander, Cleanup, Container, Deploy, DeployOptions, DesiredState, Identity,
+    Pki, Registry, containers, fails_alone, fails_alone_with, http_get, networks,
+    new_deployment_id, remove_container, single_service, tar_gz, testapp_image, wait_until,
 };
 
 /// Long enough for a slow, busy machine; a passing test takes a few seconds.
@@ -39,19 +39,14 @@ fn web_and_backend(image: &str) -> String {
     )
 }
 
-/// One service that just runs.
-fn single(image: &str) -> String {
-    format!("services:\n  app:\n    image: {image}\n    command: [\"sleep\"]\n")
-}
-
 /// Applies revision r1 with one single-service deployment named `name` and waits for it.
-fn install_single(deploy: &Deploy, cleanup: &Cleanup, name: &str) -> Result<AppDeployment> {
+fn install_single_service(deploy: &Deploy, cleanup: &Cleanup, name: &str) -> Result<AppDeployment> {
     let location = format!("apps/{name}/compose.yaml");
     let app = AppDeployment::new(&cleanup.deployment_id()?, name).component("app", &location);
     deploy.apply(
         &DesiredState::new("r1")
             .deployment(&app)
-            .artifact(&location, single(testapp_image()?)),
+            .artifact(&location, single_service(testapp_image()?)),
     )?;
     deploy.wait_for(app.id(), "r1", "INSTALLED")?;
     Ok(app)
@@ -340,7 +335,7 @@ fn a_container_removed_behind_its_back_is_recreated_by_resync() -> Result<()> {
         resync_interval: Some("2s".into()),
         ..DeployOptions::default()
     })?;
-    let app = install_single(&deploy, &cleanup, "sleeper")?;
+    let app = install_single_service(&deploy, &cleanup, "sleeper")?;
     let removed = container_of(&containers(app.id())?, "app")?.id.clone();
 
     remove_container(&removed)?;
@@ -354,62 +349,6 @@ fn a_container_removed_behind_its_back_is_recreated_by_resync() -> Result<()> {
     assert_eq!(containers(app.id())?.len(), 1);
     deploy.wait_for(app.id(), "r1", "INSTALLED")?;
     Ok(())
-}
-
-/// A deployment that runs before bad input arrives next to it, and must stay untouched.
-struct Bystander {
-    desired: DesiredState,
-    id: String,
-    container_id: String,
-}
-
-impl Bystander {
-    fn install(deploy: &Deploy, cleanup: &Cleanup) -> Result<Bystander> {
-        let app = AppDeployment::new(&cleanup.deployment_id()?, "bystander")
-            .component("app", "apps/bystander/compose.yaml");
-        let desired = DesiredState::new("r1")
-            .deployment(&app)
-            .artifact("apps/bystander/compose.yaml", single(testapp_image()?));
-        deploy.apply(&desired)?;
-        deploy.wait_for(app.id(), "r1", "INSTALLED")?;
-        let container_id = container_of(&containers(app.id())?, "app")?.id.clone();
-        Ok(Bystander {
-            desired,
-            id: app.id().to_owned(),
-            container_id,
-        })
-    }
-
-    fn assert_untouched(&self, deploy: &Deploy) -> Result<()> {
-        let status = deploy.status(&self.id)?.context("the bystander vanished")?;
-        assert_eq!(status["state"], "DEPLOYMENT_STATE_INSTALLED", "{status:#}");
-        let now = containers(&self.id)?;
-        assert_eq!(now.len(), 1, "{now:?}");
-        assert_eq!(now[0].id, self.container_id, "the bystander was recreated");
-        assert_eq!(now[0].state, "running");
-        Ok(())
-    }
-}
-
-/// Applies `bad` next to a running bystander: the bad deployment must fail with an error
-/// message naming `culprit`, and the bystander keep running untouched.
-fn fails_alone(bad: impl FnOnce(&str, DesiredState) -> DesiredState, culprit: &str) -> Result<()> {
-    let cleanup = Cleanup::new();
-    let deploy = Deploy::start()?;
-    let bystander = Bystander::install(&deploy, &cleanup)?;
-
-    let bad_id = cleanup.deployment_id()?;
-    let response = deploy.apply(&bad(&bad_id, bystander.desired.clone().revision("r2")))?;
-    let accepted = response["accepted"].as_array().cloned().unwrap_or_default();
-    assert!(accepted.contains(&json!(bystander.id)), "{response:#}");
-
-    let failure = deploy.wait_for(&bad_id, "r2", "FAILED")?;
-    let message = failure["error"]["message"].as_str().unwrap_or_default();
-    ensure!(
-        message.contains(culprit),
-        "the error does not name {culprit:?}: {failure:#}"
-    );
-    bystander.assert_untouched(&deploy)
 }
 
 fn compose_app(id: &str, desired: DesiredState, compose: String) -> DesiredState {
@@ -512,7 +451,7 @@ fn a_parameter_for_an_unknown_component_fails_naming_it() -> Result<()> {
                 .parameter("GREETING", "hi", &["no-such-component"]);
             desired
                 .deployment(&app)
-                .artifact("apps/param/compose.yaml", single(image))
+                .artifact("apps/param/compose.yaml", single_service(image))
         },
         "no-such-component",
     )
@@ -521,7 +460,7 @@ fn a_parameter_for_an_unknown_component_fails_naming_it() -> Result<()> {
 #[test]
 fn an_archive_entry_escaping_the_package_fails_naming_it() -> Result<()> {
     let archive = tar_gz(&[
-        ("compose.yaml", single(testapp_image()?).as_bytes()),
+        ("compose.yaml", single_service(testapp_image()?).as_bytes()),
         ("../escape.txt", b"outside"),
     ])?;
     fails_alone(
@@ -554,7 +493,7 @@ fn images_are_pulled_from_a_registry_with_its_credentials() -> Result<()> {
     deploy.apply(
         &DesiredState::new("r1")
             .deployment(&app)
-            .artifact("apps/pulled/compose.yaml", single(&image)),
+            .artifact("apps/pulled/compose.yaml", single_service(&image)),
     )?;
     deploy.wait_for(app.id(), "r1", "INSTALLED")?;
     let running = containers(app.id())?;
@@ -583,7 +522,7 @@ fn a_wrong_registry_password_fails_naming_the_image() -> Result<()> {
     deploy.apply(
         &DesiredState::new("r1")
             .deployment(&app)
-            .artifact("apps/denied/compose.yaml", single(&image)),
+            .artifact("apps/denied/compose.yaml", single_service(&image)),
     )?;
     let failure = deploy.wait_for(app.id(), "r1", "FAILED")?;
     let message = failure["error"]["message"].as_str().unwrap_or_default();
@@ -599,7 +538,7 @@ fn a_lost_state_directory_removes_nothing_that_runs() -> Result<()> {
         resync_interval: Some("1s".into()),
         ..Default::default()
     })?;
-    let app = install_single(&deploy, &cleanup, "kept")?;
+    let app = install_single_service(&deploy, &cleanup, "kept")?;
     let before = start_times(app.id())?;
 
     deploy.kill9()?;
@@ -618,7 +557,7 @@ fn a_file_too_broken_to_name_its_deployment_keeps_that_deployment_running() -> R
     let app = AppDeployment::new(&cleanup.deployment_id()?, "sturdy")
         .component("app", "apps/sturdy/compose.yaml");
     let path = "deployments/sturdy.yaml";
-    let compose = single(testapp_image()?);
+    let compose = single_service(testapp_image()?);
     deploy.apply(
         &DesiredState::new("r1")
             .document(path, app.to_yaml())
@@ -648,11 +587,14 @@ fn a_file_too_broken_to_name_its_deployment_keeps_that_deployment_running() -> R
 fn an_update_the_engine_refuses_leaves_the_old_container_running() -> Result<()> {
     let cleanup = Cleanup::new();
     let deploy = Deploy::start()?;
-    let app = install_single(&deploy, &cleanup, "guarded")?;
+    let app = install_single_service(&deploy, &cleanup, "guarded")?;
     let before = start_times(app.id())?;
 
     // Valid compose, but the engine refuses the container at create time.
-    let refused = format!("{}    cap_add: [NOT_A_CAP]\n", single(testapp_image()?));
+    let refused = format!(
+        "{}    cap_drop: [NOT_A_CAP]\n",
+        single_service(testapp_image()?)
+    );
     deploy.apply(
         &DesiredState::new("r2")
             .deployment(&app)
@@ -680,7 +622,7 @@ fn metrics_count_passes_and_deployments_by_state() -> Result<()> {
         metrics_port: Some(port),
         ..Default::default()
     })?;
-    install_single(&deploy, &cleanup, "counted")?;
+    install_single_service(&deploy, &cleanup, "counted")?;
     let text = wait_until(CONVERGE, || {
         let (code, body) = http_get(port, "/metrics")?;
         ensure!(code == 200, "metrics answered {code}");
@@ -726,7 +668,7 @@ fn capabilities_describe_this_device_and_the_margo_manifest() -> Result<()> {
 fn watching_sends_the_full_state_at_once() -> Result<()> {
     let cleanup = Cleanup::new();
     let deploy = Deploy::start()?;
-    let app = install_single(&deploy, &cleanup, "watched")?;
+    let app = install_single_service(&deploy, &cleanup, "watched")?;
     // The stream never ends by itself: grpcurl gives up after its deadline, having printed
     // what arrived.
     let out = deploy.grpcurl_raw(
