@@ -62,11 +62,57 @@ pub fn load_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     }
 }
 
+/// Loads JSON that only saves work (a cache, bookkeeping that can be rebuilt): a file that cannot
+/// be read as `T` is renamed `<name>.corrupt-<unix time>`, with a warning, and `None` returned,
+/// so that start-up goes on instead of waiting for someone to delete it.
+pub fn load_json_or_set_aside<T: DeserializeOwned>(path: &Path) -> Option<T> {
+    let error = match load_json(path) {
+        Ok(value) => return value,
+        Err(e) => e,
+    };
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".corrupt-{seconds}"));
+    let aside = std::path::PathBuf::from(aside);
+    match fs::rename(path, &aside) {
+        Ok(()) => tracing::warn!(
+            error = %error,
+            set_aside = %aside.display(),
+            "an unreadable state file was set aside; starting without it"
+        ),
+        Err(e) => tracing::warn!(
+            error = %error,
+            rename_error = %e,
+            "an unreadable state file is ignored (it could not be set aside)"
+        ),
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn an_unreadable_cache_is_set_aside_and_a_missing_one_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("images.json");
+        assert_eq!(load_json_or_set_aside::<Vec<u32>>(&path), None);
+        fs::write(&path, b"{ truncated").unwrap();
+        assert_eq!(load_json_or_set_aside::<Vec<u32>>(&path), None);
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(names[0].starts_with("images.json.corrupt-"), "{names:?}");
+        save_json(&path, &vec![1u32]).unwrap();
+        assert_eq!(load_json_or_set_aside(&path), Some(vec![1u32]));
+    }
 
     #[test]
     fn replaces_content_with_mode_and_leaves_no_temp_file() {

@@ -60,9 +60,9 @@ pub struct Agent<R> {
     desired: Mutex<DesiredState>,
     /// Apply errors by component, from the last pass.
     errors: Mutex<HashMap<Owner, StatusError>>,
-    /// Removed deployments (id -> revision that removed them), reported `removed` until they
-    /// come back; stored, so a restart does not forget to report a removal.
-    removed: Mutex<BTreeMap<String, String>>,
+    /// Removed deployments by id, reported `removed` until they come back; stored, so a restart
+    /// does not forget to report a removal.
+    removed: Mutex<BTreeMap<String, Removal>>,
     /// The rollout record of every desired deployment; stored.
     tracks: Mutex<Tracks>,
     /// What became of each deployment's wanted release in the last pass.
@@ -82,20 +82,14 @@ impl<R: ContainerRuntime> Agent<R> {
         let desired = store::load_json(&settings.state_dir.join("desired.json"))
             .map_err(|e| Error::Setup(format!("loading desired state: {e}")))?
             .unwrap_or_default();
-        fn load<T: serde::de::DeserializeOwned + Default>(
-            dir: &std::path::Path,
-            file: &str,
-        ) -> Result<T> {
-            store::load_json(&dir.join(file))
-                .map(Option::unwrap_or_default)
-                .map_err(|e| Error::Setup(format!("loading {file}: {e}")))
-        }
+        // The rollout record decides what runs: unreadable, it stops start-up, naming the file.
+        // Remembered removals and pulled images only save work: unreadable, they are set aside.
         let dir = &settings.state_dir;
-        let (removed, tracks, pulled) = (
-            load(dir, "removed.json")?,
-            load(dir, "rollout.json")?,
-            load(dir, "images.json")?,
-        );
+        let tracks = store::load_json(&dir.join("rollout.json"))
+            .map_err(|e| Error::Setup(format!("loading rollout state: {e}")))?
+            .unwrap_or_default();
+        let removed = store::load_json_or_set_aside(&dir.join("removed.json")).unwrap_or_default();
+        let pulled = store::load_json_or_set_aside(&dir.join("images.json")).unwrap_or_default();
         Ok(Arc::new(Self {
             runtime,
             fetcher,
@@ -917,18 +911,17 @@ impl<R: ContainerRuntime> Agent<R> {
             })
             .collect();
         // Deployments no longer desired: removing while their containers exist, then removed.
+        // Without a desired state (none received since the state was lost) nothing is leaving:
+        // what runs has an unknown desired state, and is not reported until one arrives.
+        let known = !desired.revision.is_empty();
+        let desires = |id: &str| desired.deployments.iter().any(|d| d.id == id);
         let mut leaving: BTreeMap<&str, Vec<&ObservedContainer>> = BTreeMap::new();
-        for c in &observed.containers {
-            if !desired
-                .deployments
-                .iter()
-                .any(|d| d.id == c.owner.deployment)
-            {
+        for c in observed.containers.iter().filter(|_| known) {
+            if !desires(&c.owner.deployment) {
                 leaving.entry(&c.owner.deployment).or_default().push(c);
             }
         }
         for (id, containers) in &leaving {
-            removed.insert(id.to_string(), desired.revision.clone());
             let mut by_component: BTreeMap<&str, Vec<pb::ContainerStatus>> = BTreeMap::new();
             for c in containers {
                 by_component
@@ -936,6 +929,13 @@ impl<R: ContainerRuntime> Agent<R> {
                     .or_default()
                     .push(container_status(c));
             }
+            removed.insert(
+                id.to_string(),
+                Removal {
+                    revision: desired.revision.clone(),
+                    components: by_component.keys().map(|c| c.to_string()).collect(),
+                },
+            );
             let components = by_component
                 .into_iter()
                 .map(|(name, containers)| {
@@ -949,11 +949,32 @@ impl<R: ContainerRuntime> Agent<R> {
                 .collect();
             deployments.push(status(id, "", &desired.revision, "", None, components));
         }
-        for (id, revision) in removed
+        // Reported before but gone without containers to remove (never installed, or its
+        // document now names another id): removed at once.
+        for gone in self.current.borrow().deployments.iter().filter(|s| {
+            known
+                && s.state() != pb::DeploymentState::Removed
+                && !desires(&s.deployment_id)
+                && !leaving.contains_key(s.deployment_id.as_str())
+        }) {
+            removed.insert(
+                gone.deployment_id.clone(),
+                Removal {
+                    revision: desired.revision.clone(),
+                    components: gone.components.iter().map(|c| c.name.clone()).collect(),
+                },
+            );
+        }
+        for (id, removal) in removed
             .iter()
             .filter(|(id, _)| !leaving.contains_key(id.as_str()))
         {
-            deployments.push(status(id, "", revision, "", None, vec![]));
+            let components = removal
+                .components
+                .iter()
+                .map(|name| (name.clone(), DeploymentState::Removed, None, vec![]))
+                .collect();
+            deployments.push(status(id, "", &removal.revision, "", None, components));
             if let Some(last) = deployments.last_mut() {
                 last.state = pb::DeploymentState::Removed as i32;
                 last.manifest_json = manifest_json(last, DeploymentState::Removed);
@@ -977,6 +998,43 @@ impl<R: ContainerRuntime> Agent<R> {
             }
             changed
         });
+    }
+}
+
+/// A deployment that was removed: the revision that left it out, and its components then.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "StoredRemoval")]
+struct Removal {
+    revision: String,
+    components: Vec<String>,
+}
+
+/// `removed.json` entries as stored, before components were kept too (a bare revision).
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum StoredRemoval {
+    Revision(String),
+    Full {
+        revision: String,
+        components: Vec<String>,
+    },
+}
+
+impl From<StoredRemoval> for Removal {
+    fn from(stored: StoredRemoval) -> Removal {
+        match stored {
+            StoredRemoval::Revision(revision) => Removal {
+                revision,
+                components: Vec::new(),
+            },
+            StoredRemoval::Full {
+                revision,
+                components,
+            } => Removal {
+                revision,
+                components,
+            },
+        }
     }
 }
 

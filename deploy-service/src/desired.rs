@@ -130,11 +130,17 @@ pub async fn resolve(
             continue;
         }
         let last_good = previous.deployments.iter().find(|d| d.id == id);
-        // The newest document's component names, for status even when it cannot be used.
-        let names: Vec<String> = parsed
+        // The newest document's component names, for status even when it cannot be used; when
+        // it is too broken to name any, those of its last good version.
+        let mut names: Vec<String> = parsed
             .iter()
             .flat_map(|d| d.components.iter().map(|c| c.name.clone()))
             .collect();
+        if names.is_empty()
+            && let Some(last) = last_good
+        {
+            names.clone_from(&last.component_names);
+        }
         let result = match parsed {
             Ok(d) => resolve_deployment(&d, artifacts, fetcher, policy, packages_dir)
                 .await
@@ -172,13 +178,13 @@ async fn resolve_deployment(
     d: &margo::ApplicationDeployment,
     artifacts: &BTreeMap<String, Vec<u8>>,
     fetcher: &PackageFetcher,
+    policy: &Policy,
     packages_dir: &Path,
 ) -> Result<Vec<Component>> {
     match &d.profile {
         Profile::Compose => {}
         other => return Err(Error::UnsupportedProfile(other.to_string())),
     }
-    policy: &Policy,
     let mut variables: BTreeMap<&str, BTreeMap<String, String>> = BTreeMap::new();
     for p in &d.parameters {
         for t in &p.targets {
@@ -215,16 +221,16 @@ async fn resolve_deployment(
             .unwrap_or_default();
         let vars = variables.remove(c.name.as_str()).unwrap_or_default();
         let project = compose::load(&package.compose_file, &compose_yaml, &vars, &package.files)?;
+        policy.check(&project).map_err(|message| Error::Policy {
+            file: package.compose_file.clone(),
+            message,
+        })?;
         let package_dir = store_package(packages_dir, &package.files)?;
         let bind_digests = bind_digests(&project, &package.files);
         components.push(Component {
             bind_digests,
             name: c.name.clone(),
             project,
-        policy.check(&project).map_err(|message| Error::Policy {
-            file: package.compose_file.clone(),
-            message,
-        })?;
             package_dir,
             wait: c.wait,
             timeout: c.timeout,

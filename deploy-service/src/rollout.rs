@@ -196,23 +196,32 @@ impl Track {
         }
         let (digest, revision) = (failed.digest.clone(), failed.revision.clone());
         let restored = self.previous.take();
-        let message = match &restored {
-            Some(p) => format!(
-                "revision {} failed and was rolled back to revision {}: {}",
-                short(&revision),
-                short(&p.revision),
-                error.message
+        // Only a rollback that happened is reported as one; a first release keeps its cause.
+        let error = match &restored {
+            Some(p) => StatusError::new(
+                ERR_ROLLED_BACK,
+                &error.source,
+                format!(
+                    "revision {} failed and was rolled back to revision {}: {}",
+                    short(&revision),
+                    short(&p.revision),
+                    error.message
+                ),
             ),
-            None => format!(
-                "revision {} failed, with no earlier installed revision to roll back to: {}",
-                short(&revision),
-                error.message
+            None => StatusError::new(
+                &error.code,
+                &error.source,
+                format!(
+                    "revision {} failed (no earlier revision was installed, so nothing was rolled back): {}",
+                    short(&revision),
+                    error.message
+                ),
             ),
         };
         self.hold = Some(Hold {
             digest,
             revision,
-            error: StatusError::new(ERR_ROLLED_BACK, &error.source, message),
+            error,
         });
         match restored {
             Some(previous) => {
@@ -557,14 +566,10 @@ mod tests {
         let error = StatusError::new("ERR_IMAGE_PULL", "web:1", "not found");
         assert_eq!(t.fail(&error), None);
         assert_eq!(t.phase, Phase::Failed);
-        assert!(
-            t.hold
-                .as_ref()
-                .unwrap()
-                .error
-                .message
-                .contains("no earlier")
-        );
+        let held = &t.hold.as_ref().unwrap().error;
+        assert_eq!(held.code, "ERR_IMAGE_PULL", "nothing was rolled back");
+        assert!(held.message.contains("nothing was rolled back"), "{held:?}");
+        assert!(held.message.contains("not found"), "{held:?}");
         assert_eq!(t.retry(), Some(first.digest.clone()));
         assert_eq!(t.phase, Phase::Rolling);
         assert_eq!(t.offer(&first, OPEN), Offer::Current);

@@ -429,7 +429,8 @@ fn an_unsupported_compose_key_fails_naming_it() -> Result<()> {
 #[test]
 fn an_image_that_does_not_exist_fails_naming_it() -> Result<()> {
     let missing = format!("woa-tests/does-not-exist:{}", new_deployment_id()?);
-    fails_alone(
+    let failure = fails_alone_with(
+        &DeployOptions::default(),
         |id, desired| {
             compose_app(
                 id,
@@ -438,7 +439,10 @@ fn an_image_that_does_not_exist_fails_naming_it() -> Result<()> {
             )
         },
         &missing,
-    )
+    )?;
+    // A first release has nothing to roll back to: the status keeps the pull's cause.
+    assert_eq!(failure["error"]["code"], "ERR_IMAGE_PULL", "{failure:#}");
+    Ok(())
 }
 
 #[test]
@@ -547,6 +551,108 @@ fn a_lost_state_directory_removes_nothing_that_runs() -> Result<()> {
     // Several resync passes with no desired state at all.
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(start_times(app.id())?, before, "{}", deploy.log());
+    // Nor is it reported as being removed: its desired state is unknown until one arrives.
+    let state = deploy.current_state()?;
+    assert_eq!(deploy.status(app.id())?, None, "{state:#}");
+    assert!(!deploy.state_dir().join("removed.json").exists());
+    Ok(())
+}
+
+/// A document with an id but no components: it fails without ever getting a container.
+fn never_installed(id: &str) -> String {
+    AppDeployment::new(id, "never").to_yaml()
+}
+
+#[test]
+fn a_deployment_that_never_ran_is_reported_removed_when_its_file_goes_or_its_id_changes()
+-> Result<()> {
+    let cleanup = Cleanup::new();
+    let deploy = Deploy::start()?;
+    let (first, second) = (cleanup.deployment_id()?, cleanup.deployment_id()?);
+    let path = "deployments/never.yaml";
+    deploy.apply(&DesiredState::new("r1").document(path, never_installed(&first)))?;
+    deploy.wait_for(&first, "r1", "FAILED")?;
+
+    // The same file now names another deployment: the first one is gone.
+    deploy.apply(&DesiredState::new("r2").document(path, never_installed(&second)))?;
+    deploy.wait_for(&second, "r2", "FAILED")?;
+    deploy.wait_for(&first, "r2", "REMOVED")?;
+
+    // The file is deleted.
+    deploy.apply(&DesiredState::new("r3"))?;
+    deploy.wait_for(&second, "r3", "REMOVED")?;
+    Ok(())
+}
+
+#[test]
+fn a_removed_status_lists_the_components_that_were_removed() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let deploy = Deploy::start()?;
+    let app = install_single_service(&deploy, &cleanup, "leaving")?;
+    deploy.apply(&DesiredState::new("r2"))?;
+    let removed = deploy.wait_for(app.id(), "r2", "REMOVED")?;
+    let names: Vec<&str> = removed["components"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, ["app"], "{removed:#}");
+    assert_eq!(
+        removed["components"][0]["state"], "DEPLOYMENT_STATE_REMOVED",
+        "{removed:#}"
+    );
+    Ok(())
+}
+
+#[test]
+fn unreadable_bookkeeping_files_are_set_aside_and_start_up_goes_on() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let mut deploy = Deploy::start()?;
+    let app = install_single_service(&deploy, &cleanup, "bookkept")?;
+    let before = start_times(app.id())?;
+
+    deploy.kill9()?;
+    let dir = deploy.state_dir();
+    for file in ["images.json", "removed.json"] {
+        std::fs::write(dir.join(file), b"{\"truncated\": ")?;
+    }
+    deploy.restart()?;
+    deploy.wait_for(app.id(), "r1", "INSTALLED")?;
+    assert_eq!(start_times(app.id())?, before);
+    for file in ["images.json", "removed.json"] {
+        let aside = std::fs::read_dir(&dir)?
+            .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+            .any(|name| name.starts_with(&format!("{file}.corrupt-")));
+        assert!(aside, "{file} was not set aside: {}", deploy.log());
+    }
+    assert!(
+        deploy
+            .log()
+            .contains("an unreadable state file was set aside"),
+        "{}",
+        deploy.log()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_broken_update_whose_id_can_be_read_lists_the_components_it_had() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let deploy = Deploy::start()?;
+    let app = install_single_service(&deploy, &cleanup, "halfread")?;
+    let broken = format!("id: {}\nspec: [unclosed\n", app.id());
+    deploy.apply(
+        &DesiredState::new("r2")
+            .document(&format!("deployments/{}.yaml", app.id()), broken)
+            .artifact(
+                "apps/halfread/compose.yaml",
+                single_service(testapp_image()?),
+            ),
+    )?;
+    let status = deploy.wait_for(app.id(), "r2", "FAILED")?;
+    assert_eq!(status["components"][0]["name"], "app", "{status:#}");
+    assert_eq!(containers(app.id())?.len(), 1);
     Ok(())
 }
 
@@ -576,6 +682,12 @@ fn a_file_too_broken_to_name_its_deployment_keeps_that_deployment_running() -> R
         status["error"]["message"]
             .as_str()
             .is_some_and(|m| m.contains(path)),
+        "{status:#}"
+    );
+    // The components its last good version named, failed with the document's error.
+    assert_eq!(status["components"][0]["name"], "app", "{status:#}");
+    assert_eq!(
+        status["components"][0]["state"], "DEPLOYMENT_STATE_FAILED",
         "{status:#}"
     );
     std::thread::sleep(Duration::from_secs(2));

@@ -210,9 +210,10 @@ fn a_first_release_that_fails_is_not_started_again_until_retried() -> Result<()>
     ))?;
     let failed = deploy.wait_for(id, "r1", "FAILED")?;
     let (code, message) = error_of(&failed);
-    assert_eq!(code, "ERR_ROLLED_BACK");
+    // Nothing was rolled back: the status keeps the cause.
+    assert_eq!(code, "ERR_NOT_READY", "{failed:#}");
     assert!(
-        message.contains("no earlier installed revision to roll back to"),
+        message.contains("nothing was rolled back") && message.contains("exited with code"),
         "{message}"
     );
     let started = start_times(id)?;
