@@ -21,7 +21,7 @@ pub struct Project {
 }
 
 /// One compose service: the container that should run.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Service {
     /// The compose service name.
     pub name: String,
@@ -63,6 +63,40 @@ pub struct Service {
     pub nano_cpus: Option<i64>,
     /// Log driver and its options.
     pub logging: Option<Logging>,
+}
+
+// By hand, to keep environment values out of anything that prints a service: they carry the
+// apps' secrets (database passwords passed as Margo parameters).
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let environment: BTreeMap<&str, &str> = self
+            .environment
+            .keys()
+            .map(|k| (k.as_str(), "<redacted>"))
+            .collect();
+        f.debug_struct("Service")
+            .field("name", &self.name)
+            .field("image", &self.image)
+            .field("command", &self.command)
+            .field("entrypoint", &self.entrypoint)
+            .field("environment", &environment)
+            .field("ports", &self.ports)
+            .field("mounts", &self.mounts)
+            .field("networks", &self.networks)
+            .field("depends_on", &self.depends_on)
+            .field("healthcheck", &self.healthcheck)
+            .field("restart", &self.restart)
+            .field("labels", &self.labels)
+            .field("user", &self.user)
+            .field("working_dir", &self.working_dir)
+            .field("cap_add", &self.cap_add)
+            .field("cap_drop", &self.cap_drop)
+            .field("read_only", &self.read_only)
+            .field("mem_limit", &self.mem_limit)
+            .field("nano_cpus", &self.nano_cpus)
+            .field("logging", &self.logging)
+            .finish()
+    }
 }
 
 /// A published port.
@@ -201,4 +235,21 @@ pub struct Volume {
     pub external: Option<String>,
     /// Labels from the compose file.
     pub labels: BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printing_a_service_shows_environment_keys_but_no_values() {
+        let service = Service {
+            name: "db".into(),
+            environment: BTreeMap::from([("POSTGRES_PASSWORD".into(), "hunter2".into())]),
+            ..Default::default()
+        };
+        let shown = format!("{service:?}");
+        assert!(shown.contains("POSTGRES_PASSWORD"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
 }

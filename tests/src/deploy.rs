@@ -38,6 +38,8 @@ pub struct DeployOptions {
     pub rollout: String,
     /// More tables, appended as they are (e.g. `[image_gc]`).
     pub extra: String,
+    /// `RUST_LOG`; `info,woa_deploy=debug` when `None`.
+    pub rust_log: Option<String>,
 }
 
 /// Which client certificate grpcurl presents.
@@ -59,6 +61,7 @@ pub struct Deploy {
     dir: TempDir,
     pki: Pki,
     address: String,
+    rust_log: String,
 }
 
 impl Deploy {
@@ -79,6 +82,9 @@ impl Deploy {
             dir,
             pki,
             address,
+            rust_log: (options.rust_log.as_deref())
+                .unwrap_or("info,woa_deploy=debug")
+                .to_owned(),
         };
         deploy.spawn()?;
         Ok(deploy)
@@ -224,7 +230,7 @@ impl Deploy {
             .arg("serve")
             .arg("--config")
             .arg(self.dir.path().join("deploy.toml"))
-            .env("RUST_LOG", "info,woa_deploy=debug")
+            .env("RUST_LOG", &self.rust_log)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -793,3 +793,42 @@ fn watching_sends_the_full_state_at_once() -> Result<()> {
     assert!(text.contains("DEPLOYMENT_STATE_INSTALLED"), "{out:?}");
     Ok(())
 }
+
+#[test]
+fn a_secret_parameter_stays_out_of_the_log_even_at_trace_level() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let deploy = Deploy::start_with(&DeployOptions {
+        rust_log: Some("trace".into()),
+        ..Default::default()
+    })?;
+    let secret = format!("s3cret-{}", new_deployment_id()?);
+    let compose = format!(
+        "{}    environment:\n      TOKEN: \"${{TOKEN}}\"\n",
+        single_service(testapp_image()?)
+    );
+    let app = AppDeployment::new(&cleanup.deployment_id()?, "secretive")
+        .component("app", "apps/secretive/compose.yaml")
+        .parameter("TOKEN", &secret, &["app"]);
+    deploy.apply(
+        &DesiredState::new("r1")
+            .deployment(&app)
+            .artifact("apps/secretive/compose.yaml", compose),
+    )?;
+    deploy.wait_for(app.id(), "r1", "INSTALLED")?;
+    let running = containers(app.id())?;
+    let inspect = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{json .Config.Env}}", &running[0].id])
+        .output()?;
+    let env = String::from_utf8_lossy(&inspect.stdout);
+    assert!(
+        env.contains(&secret),
+        "the secret did not reach the app: {env}"
+    );
+    let log = deploy.log();
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "not verbose: {log}"
+    );
+    assert!(!log.contains(&secret), "the secret is in the log");
+    Ok(())
+}
