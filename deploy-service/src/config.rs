@@ -51,6 +51,8 @@ pub struct Config {
     /// The file this configuration was read from, if any (its directory is protected).
     #[serde(skip)]
     pub file: Option<PathBuf>,
+    /// Limits of the gRPC listener.
+    pub listener: ListenerConfig,
 }
 
 /// Whether a new release of a deployment needs the site's approval.
@@ -194,6 +196,7 @@ impl Default for Config {
             image_gc: ImageGcConfig::default(),
             policy: PolicyConfig::default(),
             file: None,
+            listener: ListenerConfig::default(),
         }
     }
 }
@@ -234,4 +237,37 @@ impl Config {
         }
         Protected::new(dirs)
     }
+}
+
+/// Limits of the gRPC listener, so that clients that connect and stall cannot take it over.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    /// How long a client may take to complete the TLS handshake before it is disconnected.
+    #[serde(
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "nonzero_duration"
+    )]
+    pub handshake_timeout: Duration,
+    /// Most connections open at once, handshaking or served; more wait in the kernel's accept
+    /// queue. Never more than half the open-files limit, which the process needs for more.
+    pub max_connections: std::num::NonZeroUsize,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(5),
+            max_connections: const { std::num::NonZeroUsize::new(256).expect("not zero") },
+        }
+    }
+}
+
+/// A humantime duration above zero: a zero deadline would refuse every client.
+fn nonzero_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let duration: Duration = humantime_serde::deserialize(d)?;
+    if duration.is_zero() {
+        return Err(serde::de::Error::custom("must be above zero"));
+    }
+    Ok(duration)
 }

@@ -11,6 +11,7 @@ mod config;
 mod desired;
 mod docker;
 mod error;
+mod listener;
 mod metrics;
 pub mod operator;
 pub mod package;

@@ -3,24 +3,37 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::Stream;
 use futures_util::StreamExt;
-use tokio_stream::wrappers::{TcpListenerStream, WatchStream};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
+use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 use woa_proto::v1 as pb;
 use woa_proto::v1::deployment_service_server::{DeploymentService, DeploymentServiceServer};
 
 use crate::agent::Agent;
 use crate::capabilities;
-use crate::config::{Config, DeviceOverrides};
+use crate::config::{Config, DeviceOverrides, TlsFiles};
+use crate::listener::{Limits, Listener};
 use crate::runtime::ContainerRuntime;
 use crate::{Error, Result};
 
 /// Largest accepted request: a desired state with its referenced repository files.
 const MAX_REQUEST_BYTES: usize = 64 << 20;
+
+/// HTTP/2 pings on a connection that has been quiet this long ([`KEEPALIVE_TIMEOUT`]: how long
+/// the answer may take). A client that vanished without closing (host powered off, cable pulled) would
+/// otherwise hold its place under the connection cap forever. Clients that answer stay
+/// connected however idle they are: they hold a certificate of the local CA, and woa-sync's
+/// `WatchCurrentState` is meant to stay open for days; for the same reason there is no
+/// connection age limit or request timeout.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The service implementation over an agent.
 pub struct Api<R> {
@@ -158,26 +171,47 @@ impl<R: ContainerRuntime> DeploymentService for Api<R> {
 
 /// A bound server, ready to run.
 pub struct Bound {
-    listener: tokio::net::TcpListener,
-    tls: ServerTlsConfig,
+    listener: Listener,
 }
 
 /// Reads the TLS files and binds the listen address.
 pub async fn bind(config: &Config) -> Result<Bound> {
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| Error::Setup(format!("reading {}: {e}", p.display())))
-    };
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(
-            read(&config.tls.cert)?,
-            read(&config.tls.key)?,
-        ))
-        .client_ca_root(Certificate::from_pem(read(&config.tls.ca)?))
-        .client_auth_optional(false);
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let tls = tls_config(&config.tls)?;
+    let tcp = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::Setup(format!("binding {}: {e}", config.listen)))?;
-    Ok(Bound { listener, tls })
+    let limits = Limits::new(&config.listener);
+    Ok(Bound {
+        listener: Listener::new(tcp, Arc::new(tls), limits),
+    })
+}
+
+/// The server's identity, requiring a client certificate issued by the local CA.
+pub(crate) fn tls_config(files: &TlsFiles) -> Result<ServerConfig> {
+    let setup = |e: woa_common::Error| Error::Setup(e.to_string());
+    let tls = |e: rustls::Error| Error::Setup(format!("tls: {e}"));
+    let mut roots = RootCertStore::empty();
+    for cert in woa_common::tls::certificates(&files.ca).map_err(setup)? {
+        roots
+            .add(cert)
+            .map_err(|e| Error::Setup(format!("{}: {e}", files.ca.display())))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+        .build()
+        .map_err(|e| Error::Setup(format!("{}: {e}", files.ca.display())))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(tls)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            woa_common::tls::certificates(&files.cert).map_err(setup)?,
+            woa_common::tls::private_key(&files.key).map_err(setup)?,
+        )
+        .map_err(tls)?;
+    // gRPC is HTTP/2 only, and grpc-go clients refuse a server that does not negotiate it.
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
 }
 
 impl Bound {
@@ -216,6 +250,7 @@ impl Bound {
         // A desired state carries the repository files its deployments reference; the 4 MiB
         // default would refuse a modest package directory.
         .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let incoming = self.listener.incoming(cancel.clone());
         let shutdown = {
             let cancel = cancel.clone();
             async move {
@@ -226,13 +261,13 @@ impl Bound {
             }
         };
         Server::builder()
-            .tls_config(self.tls)
-            .map_err(|e| Error::Setup(format!("tls: {e}")))?
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(api)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .serve_with_incoming_shutdown(incoming, shutdown)
             .await
             .map_err(|e| Error::Setup(format!("serving gRPC: {e}")))
     }

@@ -38,6 +38,8 @@ pub struct DeployOptions {
     pub rollout: String,
     /// More tables, appended as they are (e.g. `[image_gc]`).
     pub extra: String,
+    /// Run under this open-files limit (soft and hard), through `prlimit`.
+    pub nofile: Option<u64>,
     /// `RUST_LOG`; `info,woa_deploy=debug` when `None`.
     pub rust_log: Option<String>,
 }
@@ -61,6 +63,7 @@ pub struct Deploy {
     dir: TempDir,
     pki: Pki,
     address: String,
+    nofile: Option<u64>,
     rust_log: String,
 }
 
@@ -82,6 +85,7 @@ impl Deploy {
             dir,
             pki,
             address,
+            nofile: options.nofile,
             rust_log: (options.rust_log.as_deref())
                 .unwrap_or("info,woa_deploy=debug")
                 .to_owned(),
@@ -103,6 +107,11 @@ impl Deploy {
     /// The service's state directory.
     pub fn state_dir(&self) -> std::path::PathBuf {
         self.dir.path().join("state")
+    }
+
+    /// The process id of the running service.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Everything the service logged so far (all runs).
@@ -226,7 +235,19 @@ impl Deploy {
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let child = Command::new(binaries::woa_deploy()?)
+        let mut command = match self.nofile {
+            // prlimit sets the limit on itself and then executes the service: same pid.
+            Some(n) => {
+                let mut prlimit = Command::new("prlimit");
+                prlimit
+                    .arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(binaries::woa_deploy()?);
+                prlimit
+            }
+            None => Command::new(binaries::woa_deploy()?),
+        };
+        let child = command
             .arg("serve")
             .arg("--config")
             .arg(self.dir.path().join("deploy.toml"))
