@@ -1,9 +1,13 @@
 //! Capped exponential backoff with jitter, shared by everything that retries a remote call.
 //!
-//! The delay grows as `base * 2^failures` up to `cap`; the actual delay is drawn uniformly from
+//! The delay grows as `base * 2^failures`; below `cap` the actual delay is drawn uniformly from
 //! the upper half of that range ("equal jitter"). Keeping at least half of the exponential delay
 //! spaces retries out reliably, while the random half keeps a fleet of devices that failed
 //! together (e.g. when the orchestrator restarted) from retrying in lockstep.
+//!
+//! Once the growth reaches `cap`, the delay is drawn from `[cap, cap * 1.25]` instead: the cap
+//! is what the caller considers its normal pace (the poll interval, the resync interval), and a
+//! peer that keeps failing must never be asked more often than a healthy one is.
 
 use std::time::Duration;
 
@@ -18,7 +22,8 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// A backoff whose first delay is about `base` and which never waits longer than `cap`.
+    /// A backoff whose first delay is about `base` and which, once grown to `cap`, waits between
+    /// `cap` and `cap * 1.25`.
     pub fn new(base: Duration, cap: Duration) -> Self {
         Self {
             base,
@@ -29,22 +34,24 @@ impl Backoff {
 
     /// Records one more failure and returns the delay before the next attempt.
     ///
-    /// The delay is random in `[d/2, d]` where `d = min(cap, base * 2^n)` and `n` is the number
-    /// of failures recorded before this one, so the first delay is at most `base`. It never
-    /// exceeds the cap, and huge failure counts saturate instead of overflowing.
+    /// Let `d = base * 2^n`, where `n` is the number of failures recorded before this one. While
+    /// `d < cap` the delay is random in `[d/2, d]`, so the first delay is at most `base`. From
+    /// `d >= cap` on it is random in `[cap, cap + cap/4]`: never sooner than the cap, which a
+    /// caller sets to its normal pace, with jitter on top so a fleet spreads out. Huge failure
+    /// counts saturate instead of overflowing.
     pub fn next_delay(&mut self) -> Duration {
         self.next_delay_with(&mut rand::rng())
     }
 
     /// [`Backoff::next_delay`] with a caller-provided random source (deterministic in tests).
     fn next_delay_with<R: Rng + ?Sized>(&mut self, rng: &mut R) -> Duration {
-        let ceiling = self.ceiling();
+        let (low, high) = self.bounds();
         self.failures = self.failures.saturating_add(1);
-        rng.random_range(ceiling / 2..=ceiling)
+        rng.random_range(low..=high)
     }
 
-    /// The upper bound `min(cap, base * 2^failures)` of the next delay.
-    fn ceiling(&self) -> Duration {
+    /// The range `[low, high]` the next delay is drawn from.
+    fn bounds(&self) -> (Duration, Duration) {
         let grown = match 2u32.checked_pow(self.failures) {
             Some(factor) => self.base.saturating_mul(factor),
             // 2^failures does not fit: the product is at least 2^32 times base, which is beyond
@@ -52,7 +59,11 @@ impl Backoff {
             None if self.base.is_zero() => Duration::ZERO,
             None => Duration::MAX,
         };
-        grown.min(self.cap)
+        if grown >= self.cap {
+            (self.cap, self.cap.saturating_add(self.cap / 4))
+        } else {
+            (grown / 2, grown)
+        }
     }
 
     /// Forgets all failures after a success, so the next delay starts from `base` again.
@@ -89,6 +100,16 @@ mod tests {
         );
     }
 
+    /// A delay of a backoff that reached `cap`: never sooner than the cap, at most a quarter
+    /// more.
+    fn assert_capped(delay: Duration, cap: Duration) {
+        assert!(
+            delay >= cap && delay <= cap + cap / 4,
+            "{delay:?} not in [{cap:?}, {:?}]",
+            cap + cap / 4
+        );
+    }
+
     #[test]
     fn delays_grow_exponentially_from_base() {
         let mut backoff = Backoff::new(BASE, CAP);
@@ -96,21 +117,38 @@ mod tests {
         for n in 0..6u32 {
             assert_eq!(backoff.failures(), n);
             let ceiling = BASE * 2u32.pow(n);
-            assert_eq!(backoff.ceiling(), ceiling);
+            assert_eq!(backoff.bounds(), (ceiling / 2, ceiling));
             assert_within(backoff.next_delay_with(&mut rng), ceiling);
         }
         assert_eq!(backoff.failures(), 6);
     }
 
     #[test]
-    fn delays_never_exceed_cap() {
+    fn capped_delays_are_never_sooner_than_the_cap() {
         let mut backoff = Backoff::new(BASE, CAP);
-        for _ in 0..30 {
-            assert!(backoff.next_delay() <= CAP);
+        let mut rng = StdRng::seed_from_u64(3);
+        // 100 ms doubled 10 times is past the cap of 60 s.
+        for _ in 0..10 {
+            assert!(backoff.next_delay_with(&mut rng) < CAP);
         }
-        assert_eq!(backoff.ceiling(), CAP);
-        // Once capped, delays still jitter in the upper half of the cap.
-        assert!(backoff.next_delay() >= CAP / 2);
+        let (mut lowest, mut highest) = (Duration::MAX, Duration::ZERO);
+        for _ in 0..10_000 {
+            let delay = backoff.next_delay_with(&mut rng);
+            assert_capped(delay, CAP);
+            lowest = lowest.min(delay);
+            highest = highest.max(delay);
+        }
+        // Still jittered across the whole range, so a fleet does not retry in lockstep.
+        assert!(lowest < CAP + CAP / 40, "lowest {lowest:?}");
+        assert!(highest > CAP + CAP / 4 - CAP / 40, "highest {highest:?}");
+
+        // A base above the cap (the pull loop: 2 s base, 1 s poll interval) is capped at once:
+        // the very first retry comes no sooner than the interval.
+        let second = Duration::from_secs(1);
+        let mut fast = Backoff::new(Duration::from_secs(2), second);
+        for _ in 0..100 {
+            assert_capped(fast.next_delay_with(&mut rng), second);
+        }
     }
 
     #[test]
@@ -121,22 +159,26 @@ mod tests {
         }
         backoff.reset();
         assert_eq!(backoff.failures(), 0);
-        assert_eq!(backoff.ceiling(), BASE);
+        assert_eq!(backoff.bounds(), (BASE / 2, BASE));
         assert!(backoff.next_delay() <= BASE);
     }
 
     #[test]
     fn huge_failure_counts_do_not_overflow() {
         let mut backoff = Backoff::new(Duration::from_secs(u64::MAX / 2), CAP);
-        assert_eq!(backoff.ceiling(), CAP);
+        assert_eq!(backoff.bounds(), (CAP, CAP + CAP / 4));
         backoff.failures = u32::MAX - 1;
-        assert!(backoff.next_delay() <= CAP);
-        assert!(backoff.next_delay() <= CAP);
+        assert_capped(backoff.next_delay(), CAP);
+        assert_capped(backoff.next_delay(), CAP);
         assert_eq!(backoff.failures(), u32::MAX);
 
         let mut zero = Backoff::new(Duration::ZERO, CAP);
         zero.failures = 40;
         assert_eq!(zero.next_delay(), Duration::ZERO);
+
+        let mut huge_cap = Backoff::new(BASE, Duration::MAX);
+        huge_cap.failures = 40;
+        assert_eq!(huge_cap.next_delay(), Duration::MAX);
     }
 
     #[test]
@@ -149,7 +191,7 @@ mod tests {
         backoff.set_cap(short);
         assert_eq!(backoff.failures(), 20);
         for _ in 0..100 {
-            assert_within(backoff.next_delay(), short);
+            assert_capped(backoff.next_delay(), short);
         }
     }
 

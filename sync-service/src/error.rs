@@ -57,10 +57,11 @@ impl Error {
         }
     }
 
-    /// The wait the WOS asked for, if any.
+    /// The wait the WOS or the repository asked for (`Retry-After`), if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Error::Wos { retry_after, .. } => *retry_after,
+            Error::Source(source) => source.retry_after(),
             _ => None,
         }
     }

@@ -2,7 +2,8 @@
 //! as commits on a status branch, so the WOS can check a change from the repository alone.
 //!
 //! The branch holds one file per deployment (`<dir>/<deploymentId>.json`, the Margo status
-//! as posted over HTTP) and `<dir>/device.json`. Changes are debounced into one commit; a
+//! as posted over HTTP, also under the pseudo deployment id of a document too broken to name
+//! one) and `<dir>/device.json`, which lists those rejected documents too. Changes are debounced into one commit; a
 //! commit is made only when the content changed. Nothing is queued while the repository is
 //! unreachable: the newest state is what gets pushed once it is back.
 
@@ -18,11 +19,14 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use woa_common::backoff::Backoff;
+use woa_common::margo::StatusError;
 use woa_proto::v1 as pb;
 
 use crate::deploy_link::Deployer;
 use crate::pull::{ERR_REPOSITORY_UNAVAILABLE, PullProblem};
+use crate::rejected::rejected_documents;
 use crate::report::{decorate, sleep_until};
+use crate::retry::{self, Messages, Outage, Severity};
 use crate::source::{RepoAccess, SourceError};
 use crate::status_push::StatusBranch;
 use woa_common::window::Schedule;
@@ -41,7 +45,26 @@ struct DeviceStatus<'a> {
     last_successful_poll: Option<String>,
     /// SHA-256 of the capabilities manifest.
     capabilities_digest: Option<String>,
+    /// Documents too broken to name a deployment; each also has a `failed` status file under
+    /// its pseudo deployment id.
+    rejected_documents: Vec<RejectedDocumentEntry<'a>>,
 }
+
+/// One rejected document in `device.json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RejectedDocumentEntry<'a> {
+    path: &'a str,
+    deployment_id: &'a str,
+    error: &'a StatusError,
+}
+
+/// What the log says while the status branch cannot be written; pulling goes on.
+const STATUS_BRANCH_MESSAGES: Messages = Messages {
+    down: "could not write the status branch; the desired state is still pulled",
+    still_down: "the status branch still cannot be written; the desired state is still pulled",
+    back: "the status branch is written again",
+};
 
 /// The git reporter's settings.
 pub struct GitReporter {
@@ -59,8 +82,8 @@ pub struct GitReporter {
     pub debounce: Duration,
     /// `device.json` is refreshed at least this often.
     pub heartbeat: Duration,
-    /// Failed pushes are retried with backoff up to this; errors are logged at most once per
-    /// this interval (the poll interval).
+    /// Failed pushes are retried with backoff up to this (the poll interval), or when the
+    /// repository asked (`Retry-After`).
     pub retry_cap: Duration,
     /// This device.
     pub device_id: String,
@@ -89,7 +112,7 @@ impl GitReporter {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut backoff = Backoff::new(Duration::from_secs(1), self.retry_cap);
         let mut due: Option<Instant> = None;
-        let mut last_error: Option<(String, Instant)> = None;
+        let mut outage = Outage::new(Severity::Error, STATUS_BRANCH_MESSAGES);
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
@@ -145,7 +168,7 @@ impl GitReporter {
                             }
                             published = Some(files);
                             backoff.reset();
-                            last_error = None;
+                            outage.recovered();
                         }
                         Err(e) => {
                             if matches!(e, SourceError::Mirror { .. }) {
@@ -155,8 +178,8 @@ impl GitReporter {
                                     tracing::warn!(error = %remove, "could not remove the damaged status repository");
                                 }
                             }
-                            self.log_failure(&e, &mut last_error);
-                            due = Some(Instant::now() + backoff.next_delay());
+                            outage.failed(&e.to_string(), &e);
+                            due = Some(Instant::now() + retry::delay(e.retry_after(), &mut backoff));
                         }
                     }
                 }
@@ -185,6 +208,14 @@ impl GitReporter {
             let manifest = decorate(&d.manifest_json, problem.as_ref());
             files.insert(format!("{}.json", d.deployment_id), pretty(&manifest));
         }
+        // As over HTTP; a document that is fixed or gone simply loses its file.
+        let rejected = rejected_documents(state);
+        for document in &rejected {
+            files.insert(
+                format!("{}.json", document.deployment_id),
+                pretty(&document.manifest_json),
+            );
+        }
         let device = DeviceStatus {
             device_id: &self.device_id,
             client_id: &self.client_id,
@@ -192,6 +223,14 @@ impl GitReporter {
             applied_revision: &state.revision,
             last_successful_poll: poll_stamp.map(str::to_owned),
             capabilities_digest: capabilities_digest.map(str::to_owned),
+            rejected_documents: rejected
+                .iter()
+                .map(|d| RejectedDocumentEntry {
+                    path: &d.path,
+                    deployment_id: &d.deployment_id,
+                    error: &d.error,
+                })
+                .collect(),
         };
         let mut device_json = serde_json::to_vec_pretty(&device).unwrap_or_default();
         device_json.push(b'\n');
@@ -242,20 +281,6 @@ impl GitReporter {
         });
         *branch = kept;
         pushed
-    }
-
-    /// One clear error per problem and poll interval, however often the push is retried.
-    fn log_failure(&self, e: &SourceError, last: &mut Option<(String, Instant)>) {
-        let message = e.to_string();
-        let repeat = last
-            .as_ref()
-            .is_some_and(|(m, at)| *m == message && at.elapsed() < self.retry_cap);
-        if repeat {
-            tracing::debug!(error = %message, "status push failed again");
-        } else {
-            tracing::error!(error = %message, branch = %self.branch, "could not write the status branch; the desired state is still pulled");
-            *last = Some((message, Instant::now()));
-        }
     }
 
     async fn capabilities_digest(&self) -> Option<String> {

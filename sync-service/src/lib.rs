@@ -12,7 +12,9 @@ mod git_report;
 pub mod health;
 mod identity;
 mod pull;
+mod rejected;
 mod report;
+mod retry;
 mod snapshot;
 pub mod source;
 pub mod status_push;
@@ -31,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use identity::{Enrollment, device_id};
+pub use rejected::{REJECTED_DOCUMENT_NAMESPACE, pseudo_deployment_id};
 
 /// Builds the service from `config` and runs it until `cancel`.
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {

@@ -18,6 +18,7 @@ use woa_common::backoff::Backoff;
 use woa_proto::v1 as pb;
 
 use crate::deploy_link::Deployer;
+use crate::retry::{self, Messages, Outage, Severity};
 use crate::snapshot::desired_state;
 use crate::source::{Mirror, RepoAccess};
 use crate::{Error, Result};
@@ -26,8 +27,24 @@ use woa_common::window::Schedule;
 /// Largest total size of one commit's files that is read.
 const TREE_LIMIT: u64 = 48 << 20;
 
-/// The first retry after a failure; later ones double up to the poll interval.
+/// The first retry after a failure; later ones double up to the poll interval, and from
+/// then on wait 1 to 1.25 poll intervals (never sooner than a healthy poll).
 const RETRY_BASE: Duration = Duration::from_secs(2);
+
+/// What the log says while the repository cannot be polled. Nothing the device runs changes
+/// meanwhile, but it is blind to its orchestrator: an error.
+const REPOSITORY_MESSAGES: Messages = Messages {
+    down: "polling the desired-state repository failed; keeping the last desired state",
+    still_down: "the desired-state repository still cannot be polled; keeping the last desired state",
+    back: "the desired-state repository can be polled again",
+};
+
+/// What the log says while the deployment service does not take a new desired state.
+const DEPLOYMENT_SERVICE_MESSAGES: Messages = Messages {
+    down: "the deployment service did not take the desired state; will retry",
+    still_down: "the deployment service still does not take the desired state; retrying",
+    back: "the deployment service took the desired state",
+};
 
 /// The repository refused the credentials.
 pub const ERR_REPOSITORY_AUTH: &str = "ERR_REPOSITORY_AUTH";
@@ -76,6 +93,8 @@ impl Puller {
     pub async fn run(self, cancel: CancellationToken) {
         let mut applied: Option<String> = None;
         let mut backoff = Backoff::new(RETRY_BASE, self.interval);
+        let mut repository = Outage::new(Severity::Error, REPOSITORY_MESSAGES);
+        let mut deployment_service = Outage::new(Severity::Warn, DEPLOYMENT_SERVICE_MESSAGES);
         // A fleet restarting together (after a power cut) must not poll in lockstep.
         let mut wait = crate::jitter(self.jitter);
         loop {
@@ -95,13 +114,18 @@ impl Puller {
             wait = match polled {
                 Ok(()) => {
                     backoff.reset();
+                    repository.recovered();
+                    deployment_service.recovered();
                     self.problems.send_if_modified(|p| p.take().is_some());
                     self.last_poll.send_replace(Some(now));
                     self.interval + crate::jitter(self.jitter)
                 }
                 Err(e) => {
-                    self.report(&e, now);
-                    backoff.next_delay()
+                    self.report(&e, now, &mut repository, &mut deployment_service);
+                    // A repository that answered 503/429 with Retry-After is polled when it
+                    // asked, like the WOS API; otherwise the backoff, which never comes
+                    // sooner than the poll interval once grown to it.
+                    retry::delay(e.retry_after(), &mut backoff)
                 }
             };
         }
@@ -173,15 +197,22 @@ impl Puller {
         Ok(())
     }
 
-    /// Logs a failed poll once per distinct problem, and publishes repository problems for
-    /// the status reports. Inside a downtime window failures are expected and ignored.
-    fn report(&self, e: &Error, now: Timestamp) {
+    /// Logs a failed poll by the rule of [`Outage`] (once per distinct problem, then a
+    /// summary now and then), and publishes repository problems for the status reports.
+    /// Inside a downtime window failures are expected and ignored.
+    fn report(
+        &self,
+        e: &Error,
+        now: Timestamp,
+        repository: &mut Outage,
+        deployment_service: &mut Outage,
+    ) {
         if self.schedule.in_downtime(now) {
             tracing::debug!(error = %e, "poll failed during downtime; ignored");
             return;
         }
         let Error::Source(source) = e else {
-            tracing::warn!(error = %e, "the deployment service did not take the desired state; will retry");
+            deployment_service.failed(&e.to_string(), e);
             return;
         };
         let problem = PullProblem {
@@ -195,18 +226,14 @@ impl Puller {
             source: crate::source::without_credentials(&self.access.url),
             message: e.to_string(),
         };
-        let is_new = self.problems.send_if_modified(|p| {
+        repository.failed(&format!("{}: {}", problem.code, problem.message), e);
+        self.problems.send_if_modified(|p| {
             if p.as_ref() == Some(&problem) {
                 return false;
             }
-            *p = Some(problem.clone());
+            *p = Some(problem);
             true
         });
-        if is_new {
-            tracing::error!(error = %e, "polling the desired-state repository failed; keeping the last desired state");
-        } else {
-            tracing::debug!(error = %e, "poll failed again");
-        }
     }
 }
 

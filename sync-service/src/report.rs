@@ -4,8 +4,10 @@
 //! status changed goes into the outbox, and every deployment at each heartbeat. The outbox
 //! keeps only the latest status per deployment and is persisted, so statuses made while the
 //! WOS is unreachable (or while this service restarts) are delivered once it answers again.
+//! Documents too broken to name a deployment are reported under a pseudo deployment id
+//! (see `rejected`), and their removal goes through the outbox like any other status.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,12 +25,18 @@ use woa_proto::v1 as pb;
 use crate::Error;
 use crate::deploy_link::Deployer;
 use crate::pull::PullProblem;
+use crate::rejected::{rejected_documents, removed};
+use crate::retry::{self, Messages, Outage, Severity};
 use crate::wos::Wos;
 use woa_common::window::Schedule;
 
-/// Bounds on a `Retry-After`: a zero would mean a tight loop, a huge one a silent device.
-const RETRY_AFTER_MIN: Duration = Duration::from_secs(1);
-const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
+/// What the log says while the WOS API cannot be reached; statuses wait in the outbox
+/// meanwhile, so it is a warning.
+const WOS_MESSAGES: Messages = Messages {
+    down: "WOS not reachable; statuses wait in the outbox",
+    still_down: "WOS still not reachable; statuses wait in the outbox",
+    back: "WOS reachable again; waiting statuses are delivered",
+};
 
 /// How often capabilities are checked for changes (at most; the heartbeat may be shorter).
 const CAPABILITIES_CHECK: Duration = Duration::from_secs(60);
@@ -46,6 +54,10 @@ struct Outbox {
     capabilities: Option<String>,
     /// The capabilities last delivered, so a restart does not re-post unchanged ones.
     delivered_capabilities: Option<String>,
+    /// Pseudo deployment id → path of each rejected document reported `failed`; when the
+    /// document is no longer rejected, `removed` goes into `statuses` and the entry goes.
+    /// Persisted with the statuses, so a restart in between still reports the removal.
+    rejected: BTreeMap<String, String>,
 }
 
 /// The reporter's settings.
@@ -62,7 +74,8 @@ pub struct Reporter {
     pub outbox_path: PathBuf,
     /// Every status is posted at least this often.
     pub heartbeat: Duration,
-    /// Failed deliveries are retried with backoff up to this (the poll interval).
+    /// Failed deliveries are retried with a backoff that grows to this (the poll interval)
+    /// and then stays between it and 1.25 times it, unless the WOS asked for a wait.
     pub retry_cap: Duration,
     /// The deployment service's current state, followed by [`watch_states`].
     pub states: watch::Receiver<Option<pb::CurrentState>>,
@@ -84,6 +97,7 @@ impl Reporter {
         let mut capabilities_check = tokio::time::interval(CAPABILITIES_CHECK.min(self.heartbeat));
         capabilities_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut backoff = Backoff::new(Duration::from_secs(1), self.retry_cap);
+        let mut outage = Outage::new(Severity::Warn, WOS_MESSAGES);
         let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
             let mut full = false;
@@ -111,7 +125,7 @@ impl Reporter {
             let waiting = retry_at.is_some_and(|at| at > tokio::time::Instant::now());
             if !waiting {
                 let delivered = tokio::select! {
-                    delivered = self.deliver(&mut outbox) => delivered,
+                    delivered = self.deliver(&mut outbox, &mut outage) => delivered,
                     () = cancel.cancelled() => break,
                 };
                 retry_at = match delivered {
@@ -120,10 +134,7 @@ impl Reporter {
                         None
                     }
                     Err(asked) => {
-                        let wait = asked.map_or_else(
-                            || backoff.next_delay(),
-                            |d| d.clamp(RETRY_AFTER_MIN, RETRY_AFTER_MAX),
-                        );
+                        let wait = retry::delay(asked, &mut backoff);
                         tokio::time::Instant::now().checked_add(wait)
                     }
                 };
@@ -146,12 +157,44 @@ impl Reporter {
             return;
         };
         let problem = self.problems.borrow_and_update();
-        for d in &state.deployments {
-            let manifest = decorate(&d.manifest_json, problem.as_ref());
-            if full || enqueued.get(&d.deployment_id) != Some(&manifest) {
-                enqueued.insert(d.deployment_id.clone(), manifest.clone());
-                outbox.statuses.insert(d.deployment_id.clone(), manifest);
+        let mut queue = |deployment_id: &str, manifest: String| {
+            if full || enqueued.get(deployment_id) != Some(&manifest) {
+                enqueued.insert(deployment_id.to_owned(), manifest.clone());
+                outbox.statuses.insert(deployment_id.to_owned(), manifest);
             }
+        };
+        for d in &state.deployments {
+            queue(
+                &d.deployment_id,
+                decorate(&d.manifest_json, problem.as_ref()),
+            );
+        }
+        let rejected = rejected_documents(state);
+        for document in &rejected {
+            queue(&document.deployment_id, document.manifest_json.clone());
+        }
+        let current: BTreeSet<String> = rejected.iter().map(|d| d.deployment_id.clone()).collect();
+        for document in rejected {
+            outbox
+                .rejected
+                .insert(document.deployment_id, document.path);
+        }
+        // Rejected documents that are gone or valid now: `removed`, once, like a removed
+        // deployment (the deployment service reports those itself).
+        let resolved: Vec<(String, String)> = outbox
+            .rejected
+            .iter()
+            .filter(|(id, _)| !current.contains(*id))
+            .map(|(id, path)| (id.clone(), path.clone()))
+            .collect();
+        for (deployment_id, path) in resolved {
+            tracing::info!(%path, deployment = %deployment_id, "a rejected document is gone or valid now; reporting it removed");
+            outbox.rejected.remove(&deployment_id);
+            enqueued.remove(&deployment_id);
+            outbox.statuses.insert(
+                deployment_id.clone(),
+                removed(&deployment_id, &state.revision),
+            );
         }
     }
 
@@ -170,7 +213,11 @@ impl Reporter {
 
     /// Sends what the outbox holds, oldest first, stopping at the first transient failure.
     /// `Err` carries the wait the WOS asked for, if any.
-    async fn deliver(&self, outbox: &mut Outbox) -> Result<(), Option<Duration>> {
+    async fn deliver(
+        &self,
+        outbox: &mut Outbox,
+        outage: &mut Outage,
+    ) -> Result<(), Option<Duration>> {
         let now = Timestamp::now();
         if self.schedule.in_downtime(now) {
             return Err(Some(self.retry_cap.min(Duration::from_secs(60))));
@@ -182,11 +229,12 @@ impl Reporter {
                 .await
             {
                 Ok(()) => {
+                    outage.recovered();
                     tracing::info!("capabilities posted");
                     outbox.capabilities = None;
                     outbox.delivered_capabilities = Some(capabilities);
                 }
-                Err(e) => self.failed(&e, || outbox.capabilities = None)?,
+                Err(e) => failed(&e, outage, || outbox.capabilities = None)?,
             }
         }
         let pending: Vec<(String, String)> = outbox
@@ -201,28 +249,44 @@ impl Reporter {
                 .await
             {
                 Ok(()) => {
+                    outage.recovered();
                     tracing::debug!(deployment = %deployment_id, "status posted");
                     outbox.statuses.remove(&deployment_id);
                 }
-                Err(e) => self.failed(&e, || {
+                Err(e) => failed(&e, outage, || {
                     outbox.statuses.remove(&deployment_id);
                 })?,
             }
         }
         Ok(())
     }
+}
 
-    /// A transient failure stops delivery for now; a refusal of the content drops the item
-    /// (the WOS will refuse it again) after saying so.
-    fn failed(&self, e: &Error, drop_item: impl FnOnce()) -> Result<(), Option<Duration>> {
-        if e.is_transient() {
-            tracing::warn!(error = %e, "WOS not reachable; will retry");
-            return Err(e.retry_after());
-        }
-        tracing::error!(error = %e, "the WOS refused a report; dropped");
-        drop_item();
-        Ok(())
+/// A transient failure stops delivery for now (logged by the rule of [`Outage`]); a refusal of
+/// the content drops the item (the WOS will refuse it again) after saying so, and shows that
+/// the WOS answers.
+fn failed(
+    e: &Error,
+    outage: &mut Outage,
+    drop_item: impl FnOnce(),
+) -> Result<(), Option<Duration>> {
+    if e.is_transient() {
+        // The kind of failure, not the request: one outage over many deployments is one.
+        let key = match e {
+            Error::Wos {
+                status: Some(status),
+                ..
+            } => format!("HTTP {status}"),
+            Error::Wos { status: None, .. } => "no answer".to_owned(),
+            other => other.to_string(),
+        };
+        outage.failed(&key, e);
+        return Err(e.retry_after());
     }
+    outage.recovered();
+    tracing::error!(error = %e, "the WOS refused a report; dropped");
+    drop_item();
+    Ok(())
 }
 
 /// Follows `WatchCurrentState` until `cancel`, reconnecting with backoff when the deployment

@@ -23,11 +23,15 @@ use woa_common::tls::Trust;
 const TIP_REF: &str = "refs/woa/desired-state";
 
 /// How long connecting to the Git server may take (TCP and TLS).
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long one HTTP request may take, including its response body. Desired-state repositories
 /// are small, so this only cuts off servers that hang.
-pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long asking a refusing server for its `Retry-After` may take; it answered quickly a
+/// moment ago, and a poll must not hang on it.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Names a bare repository directory may contain. A directory holding anything else is not
 /// ours, and is never deleted to rebuild the mirror.
@@ -158,7 +162,7 @@ pub enum SourceError {
         sent_credentials: bool,
     },
     /// The server answered with another HTTP error status.
-    #[error("the repository {url} (branch {branch}) answered HTTP {status}")]
+    #[error("the repository {url} (branch {branch}) answered HTTP {status}{}", asked_wait(*retry_after))]
     HttpStatus {
         /// The URL, without credentials.
         url: String,
@@ -166,6 +170,8 @@ pub enum SourceError {
         branch: String,
         /// The HTTP status line, like "404 Not Found".
         status: String,
+        /// The wait the server asked for with a 503 or 429 (`Retry-After`).
+        retry_after: Option<Duration>,
     },
     /// The repository has no such branch.
     #[error("the repository {url} has no branch {branch}")]
@@ -268,6 +274,12 @@ pub enum SourceError {
     },
 }
 
+fn asked_wait(retry_after: Option<Duration>) -> String {
+    retry_after.map_or_else(String::new, |wait| {
+        format!(" and asked to retry after {}s", wait.as_secs())
+    })
+}
+
 fn auth_refusal(status: u16, sent_credentials: bool) -> String {
     match (status, sent_credentials) {
         (401, true) => "refused the credentials (HTTP 401)".to_owned(),
@@ -284,6 +296,14 @@ impl SourceError {
             self,
             SourceError::AuthRefused { .. } | SourceError::WriteDenied { .. }
         )
+    }
+
+    /// The wait the server asked for (`Retry-After` of a 503 or 429), if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SourceError::HttpStatus { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 
     /// Whether the commit itself cannot be used as desired state (a link, too large): the
@@ -514,12 +534,59 @@ impl<'a> Target<'a> {
     }
 
     fn failed(&self, err: gix::Error) -> SourceError {
-        classify_fetch_error(
+        let mut error = classify_fetch_error(
             &err,
             &self.display_url,
             &self.access.branch,
             self.access.auth.sends_credentials(),
-        )
+        );
+        if let SourceError::HttpStatus { retry_after, .. } = &mut error
+            && find_cause::<reqwest::Error>(&err)
+                .and_then(reqwest::Error::status)
+                .is_some_and(asks_to_wait)
+        {
+            *retry_after = self.probe_retry_after();
+        }
+        error
+    }
+
+    /// The `Retry-After` the server sends with its 503 or 429, read by asking once more.
+    ///
+    /// gix's reqwest backend turns an HTTP error status into an error (`error_for_status`)
+    /// that keeps the status code but drops the headers, and it offers no hook that sees a
+    /// response. So after a 503 or 429 the first request of a fetch (the ref advertisement,
+    /// which changes nothing on the server) is sent once more with the same TLS
+    /// configuration and credentials, and its `Retry-After` is what the server asked for.
+    /// It costs one small request per refused poll, and the wait it reveals saves many.
+    fn probe_retry_after(&self) -> Option<Duration> {
+        let client = match client_builder(self.access).and_then(|builder| {
+            builder
+                .timeout(PROBE_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|err| SourceError::Fetch {
+                    url: self.display_url.clone(),
+                    branch: self.access.branch.clone(),
+                    cause: chain_text(&err),
+                })
+        }) {
+            Ok(client) => client,
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot ask the repository for its Retry-After");
+                return None;
+            }
+        };
+        let url = format!(
+            "{}/info/refs?service=git-upload-pack",
+            self.access.url.trim_end_matches('/')
+        );
+        match client.get(url).header("Git-Protocol", "version=2").send() {
+            Ok(response) => crate::retry::retry_after(response.status(), response.headers()),
+            Err(err) => {
+                tracing::debug!(error = %chain_text(&err), "cannot ask the repository for its Retry-After");
+                None
+            }
+        }
     }
 
     /// Lists the branch on the server and, if its tip is not the local one, fetches it into
@@ -798,7 +865,7 @@ fn read_secret(what: &'static str, path: &Path) -> Result<String, SourceError> {
 }
 
 /// The `Authorization` header for `auth`, marked sensitive so it is never logged.
-pub(crate) fn authorization(auth: &RepoAuth) -> Result<Option<HeaderValue>, SourceError> {
+fn authorization(auth: &RepoAuth) -> Result<Option<HeaderValue>, SourceError> {
     let (value, what, path) = match auth {
         RepoAuth::None | RepoAuth::Mtls { .. } => return Ok(None),
         RepoAuth::Basic {
@@ -828,13 +895,37 @@ pub(crate) fn authorization(auth: &RepoAuth) -> Result<Option<HeaderValue>, Sour
 
 /// The rustls configuration: the configured CA bundle (or the system roots) and, for mutual
 /// TLS, the client certificate.
-pub(crate) fn tls_config(access: &RepoAccess) -> Result<rustls::ClientConfig, SourceError> {
+fn tls_config(access: &RepoAccess) -> Result<rustls::ClientConfig, SourceError> {
     let trust = access.ca.as_deref().map_or(Trust::System, Trust::Bundle);
     let identity = match &access.auth {
         RepoAuth::Mtls { cert, key } => Some((cert.as_path(), key.as_path())),
         _ => None,
     };
     woa_common::tls::client_config(trust, identity).map_err(SourceError::Tls)
+}
+
+/// Whether an HTTP status may come with a `Retry-After` worth reading (503, 429).
+fn asks_to_wait(status: reqwest::StatusCode) -> bool {
+    status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+}
+
+/// A blocking HTTP client for the repository like the one gix uses for fetching: the TLS
+/// configuration, the credentials (secret files are read here, at every call), the user agent
+/// and the timeouts. Callers add what their requests need, like the redirect policy.
+pub(crate) fn client_builder(
+    access: &RepoAccess,
+) -> Result<reqwest::blocking::ClientBuilder, SourceError> {
+    let mut headers = HeaderMap::new();
+    if let Some(value) = authorization(&access.auth)? {
+        headers.insert(AUTHORIZATION, value);
+    }
+    Ok(reqwest::blocking::Client::builder()
+        .tls_backend_preconfigured(tls_config(access)?)
+        .default_headers(headers)
+        .user_agent(concat!("git/woa-sync/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT))
 }
 
 /// The reqwest backend options for gix: TLS, credentials and timeouts. Secret files are read
@@ -927,6 +1018,8 @@ fn classify_fetch_error(
                 url,
                 branch,
                 status: status.to_string(),
+                // Filled in by the caller, which can ask the server again.
+                retry_after: None,
             };
         }
         if http_error.is_connect() || http_error.is_timeout() || http_error.is_request() {

@@ -22,12 +22,12 @@ use gix::objs::tree::{Entry, EntryKind};
 use gix_pack::data::output;
 use gix_packetline::PacketLineRef;
 use gix_packetline::blocking_io::encode as pkt;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 
 use crate::source::{
-    CONNECT_TIMEOUT, MAX_PACKS, REQUEST_TIMEOUT, RepoAccess, SourceError, Target, authorization,
-    chain_text, ensure_looks_like_a_mirror, mirror_error, open_options, open_or_rebuild,
-    pack_count, read_tip, tls_config, without_credentials,
+    MAX_PACKS, RepoAccess, SourceError, Target, chain_text, client_builder,
+    ensure_looks_like_a_mirror, mirror_error, open_options, open_or_rebuild, pack_count, read_tip,
+    without_credentials,
 };
 
 /// The local ref that holds the status branch's tip as last fetched or pushed.
@@ -497,16 +497,7 @@ impl Remote {
     /// are read here, at every publish, so rotated ones apply.
     fn new(access: &RepoAccess) -> Result<Remote, SourceError> {
         let display_url = without_credentials(&access.url);
-        let mut headers = HeaderMap::new();
-        if let Some(value) = authorization(&access.auth)? {
-            headers.insert(AUTHORIZATION, value);
-        }
-        let client = reqwest::blocking::Client::builder()
-            .tls_backend_preconfigured(tls_config(access)?)
-            .default_headers(headers)
-            .user_agent(format!("git/{AGENT}"))
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
+        let client = client_builder(access)?
             // A redirected POST would lose its body, and credentials must not follow a
             // redirect to somewhere else.
             .redirect(reqwest::redirect::Policy::none())
@@ -584,6 +575,7 @@ impl Remote {
                 url: self.display_url.clone(),
                 branch: self.branch.clone(),
                 status: status.to_string(),
+                retry_after: crate::retry::retry_after(status, response.headers()),
             });
         }
         let answered = response

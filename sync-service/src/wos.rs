@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use woa_common::tls::{Trust, client_config};
 
@@ -180,7 +180,7 @@ impl Wos {
             .await
             .map_err(|e| failed(None, describe(&e), None))?;
         let status = response.status();
-        let retry_after = retry_after(response.headers());
+        let retry_after = crate::retry::retry_after(status, response.headers());
         let bytes = response
             .bytes()
             .await
@@ -200,23 +200,9 @@ impl Wos {
         Err(failed(
             Some(status.as_u16()),
             format!("HTTP {}: {detail}", status.as_u16()),
-            retry_after.filter(|_| {
-                status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS
-            }),
+            retry_after,
         ))
     }
-}
-
-/// `Retry-After` in seconds (the HTTP-date form is rare from APIs; treated as absent).
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
 }
 
 /// The error with its causes: reqwest's own text alone says only "error sending request".

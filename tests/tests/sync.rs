@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
+use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 use woa_tests::{
     AppDeployment, Cleanup, Deploy, DeployOptions, RepoAuthKind, Sync, SyncOptions, WosServer,
@@ -25,6 +26,16 @@ struct Rig {
 impl Rig {
     /// A WOS, a deployment service, and a sync service enrolled with a token and running.
     fn start(repo_auth: RepoAuthKind, options: SyncOptions) -> Result<Rig> {
+        Rig::start_after(repo_auth, options, |_| Ok(()))
+    }
+
+    /// Like [`Rig::start`], running `before_start` on the WOS after enrollment and before
+    /// woa-sync starts (e.g. to set a fault its very first request meets).
+    fn start_after(
+        repo_auth: RepoAuthKind,
+        options: SyncOptions,
+        before_start: impl FnOnce(&WosServer) -> Result<()>,
+    ) -> Result<Rig> {
         let wos = WosServer::start(WosServerOptions {
             repo_auth,
             ..WosServerOptions::default()
@@ -36,6 +47,7 @@ impl Rig {
         let mut sync = Sync::new(&deploy, &options)?;
         sync.enroll(&wos.url(), wos.token(), &wos.ca_path())?;
         let client = sync.client_id()?;
+        before_start(&wos)?;
         sync.start()?;
         Ok(Rig {
             wos,
@@ -690,5 +702,295 @@ fn a_repository_that_refuses_writes_gives_one_clear_error_and_pulling_goes_on() 
     assert!(status_tip(&rig).is_err(), "a status branch appeared");
     let c2 = rig.commit_app(&app, "readonly", "v2")?;
     rig.deploy.wait_for(app.id(), &c2, "INSTALLED")?;
+    Ok(())
+}
+
+/// The pseudo deployment id of `deployments/bad.yaml`: UUIDv5 of the path in the namespace
+/// `bf03dccd-b096-437b-abfa-dc04b10c29c6`, as proto/README.md tells a WOS to compute it
+/// (here computed independently, with Python's `uuid.uuid5`).
+const BAD_YAML_PSEUDO_ID: &str = "5244e272-6e0f-55b1-beea-7266acbe0018";
+
+/// How many `removed` statuses of `deployment_id` the WOS received.
+fn removed_posts(rig: &Rig, deployment_id: &str) -> Result<usize> {
+    let device = rig.wos.device(&rig.client)?;
+    Ok(device["statusHistory"].as_array().map_or(0, |history| {
+        history
+            .iter()
+            .filter(|r| {
+                r["deploymentId"] == deployment_id && r["status"]["status"]["state"] == "removed"
+            })
+            .count()
+    }))
+}
+
+#[test]
+fn a_document_too_broken_to_name_a_deployment_is_reported_under_a_pseudo_id() -> Result<()> {
+    let mut rig = Rig::start(
+        RepoAuthKind::Basic,
+        SyncOptions {
+            report: "both".into(),
+            git_debounce: "1s".into(),
+            ..SyncOptions::default()
+        },
+    )?;
+    let path = "deployments/bad.yaml";
+    let good = rig.app("good")?;
+    rig.commit_app(&good, "good", "fine")?;
+    let c1 = rig.wos.commit(
+        &rig.client,
+        &[(path, Some(b"kind: [".as_slice()))],
+        "add a broken document",
+    )?;
+
+    // The WOS learns of it under the pseudo id, failed, naming the file; the good one runs.
+    let status = rig.wait_for_wos(BAD_YAML_PSEUDO_ID, &c1, "failed")?;
+    let error = &status["status"]["error"];
+    assert!(
+        error["message"].as_str().is_some_and(|m| m.contains(path)),
+        "{status:#}"
+    );
+    assert_eq!(error["code"], "ERR_INVALID_DOCUMENT", "{status:#}");
+    assert_eq!(status["components"], json!([]), "{status:#}");
+    rig.wait_for_wos(good.id(), &c1, "installed")?;
+
+    // The status branch says the same, and device.json lists the document.
+    wait_for_status_file(&rig, BAD_YAML_PSEUDO_ID, &c1, "failed")?;
+    let device: Value = serde_json::from_str(
+        &rig.wos
+            .git_in_repo(&rig.client, &["show", "woa/status:status/device.json"])?,
+    )?;
+    let listed = &device["rejectedDocuments"];
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{device:#}");
+    assert_eq!(listed[0]["path"], path, "{device:#}");
+    assert_eq!(listed[0]["deploymentId"], BAD_YAML_PSEUDO_ID, "{device:#}");
+
+    // The file goes while the WOS API is down and woa-sync crashes: the removal waits in the
+    // persisted outbox and arrives once, after the restart.
+    rig.wos.set_fault(json!({"mode": "down", "scope": "api"}))?;
+    let c2 = rig
+        .wos
+        .commit(&rig.client, &[(path, None)], "remove the broken document")?;
+    let outbox_path = rig.sync.state_dir().join("outbox.json");
+    wait_until(CONVERGE, || {
+        let outbox: Value = std::fs::read(&outbox_path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        let queued = outbox["statuses"][BAD_YAML_PSEUDO_ID]
+            .as_str()
+            .and_then(|m| serde_json::from_str::<Value>(m).ok())
+            .unwrap_or_default();
+        Ok(
+            (queued["status"]["state"] == "removed" && queued["revision"] == c2.as_str())
+                .then_some(()),
+        )
+    })
+    .context("the removal never reached the outbox")?;
+    rig.sync.kill9()?;
+    rig.sync.start()?;
+    rig.wos.set_fault(json!({"mode": "none"}))?;
+    rig.wait_for_wos(BAD_YAML_PSEUDO_ID, &c2, "removed")?;
+    wait_until(CONVERGE, || {
+        Ok(status_file(&rig, BAD_YAML_PSEUDO_ID)
+            .is_none()
+            .then_some(()))
+    })
+    .context("the status branch still has the rejected document")?;
+
+    // Broken again, then valid: the pseudo deployment fails again, then is removed at the
+    // revision that made the file valid, and the deployment the file names now runs.
+    let c3 = rig.wos.commit(
+        &rig.client,
+        &[(path, Some(b"kind: [".as_slice()))],
+        "break again",
+    )?;
+    rig.wait_for_wos(BAD_YAML_PSEUDO_ID, &c3, "failed")?;
+    let fixed = rig.app("bad")?;
+    let c4 = rig.commit_app(&fixed, "bad", "fixed")?;
+    rig.wait_for_wos(BAD_YAML_PSEUDO_ID, &c4, "removed")?;
+    rig.wait_for_wos(fixed.id(), &c4, "installed")?;
+
+    // A heartbeat (5 s) later, each removal was still posted once only.
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(removed_posts(&rig, BAD_YAML_PSEUDO_ID)?, 2);
+    let device: Value = serde_json::from_str(
+        &rig.wos
+            .git_in_repo(&rig.client, &["show", "woa/status:status/device.json"])?,
+    )?;
+    assert_eq!(device["rejectedDocuments"], json!([]), "{device:#}");
+    Ok(())
+}
+
+/// Arrival times at the WOS of the git requests of `service` (`git-upload-pack` for fetches,
+/// `git-receive-pack` for status pushes), in order.
+fn git_request_times(rig: &Rig, service: &str) -> Result<Vec<Timestamp>> {
+    let mut times = Vec::new();
+    for request in rig.wos.requests()? {
+        let path = request["path"].as_str().unwrap_or_default();
+        let query = request["query"].as_str().unwrap_or_default();
+        let of_service = path.starts_with("/git/")
+            && (query.contains(&format!("service={service}"))
+                || path.ends_with(&format!("/{service}")));
+        if of_service {
+            times.push(request["at"].as_str().unwrap_or_default().parse()?);
+        }
+    }
+    times.sort();
+    Ok(times)
+}
+
+/// The start of each attempt among `times`: a request within 700 ms of the one before
+/// belongs to the same attempt (woa-sync asks once more after a 503/429 to read the
+/// `Retry-After` that gix does not expose).
+fn attempts(times: &[Timestamp]) -> Vec<Timestamp> {
+    let mut starts: Vec<Timestamp> = Vec::new();
+    let mut last: Option<Timestamp> = None;
+    for &at in times {
+        if last.is_none_or(|last| at.duration_since(last) >= SignedDuration::from_millis(700)) {
+            starts.push(at);
+        }
+        last = Some(at);
+    }
+    starts
+}
+
+/// Watches the `service` requests for `window` and checks that at least `min_attempts`
+/// attempts came, each at least `at_least` after the one before and at most `at_most`.
+fn check_spacing(
+    rig: &Rig,
+    service: &str,
+    window: Duration,
+    min_attempts: usize,
+    at_least: SignedDuration,
+    at_most: SignedDuration,
+) -> Result<()> {
+    rig.wos.clear_requests()?;
+    std::thread::sleep(window);
+    let times = git_request_times(rig, service)?;
+    let starts = attempts(&times);
+    ensure!(
+        starts.len() >= min_attempts,
+        "{service}: {} attempts in {window:?}, expected {min_attempts}: {times:?}",
+        starts.len()
+    );
+    for pair in starts.windows(2) {
+        let gap = pair[1].duration_since(pair[0]);
+        if gap < at_least || gap > at_most {
+            bail!(
+                "{service}: an attempt {gap:?} after the last, not within {at_least:?}..{at_most:?}: {times:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_refusing_repository_is_asked_again_when_it_says_and_never_faster_than_the_interval()
+-> Result<()> {
+    // Refusing from the very first request, so fetches and status pushes both meet it.
+    let rig = Rig::start_after(
+        RepoAuthKind::Basic,
+        SyncOptions {
+            report: "git".into(),
+            git_debounce: "1s".into(),
+            ..SyncOptions::default()
+        },
+        |wos| wos.set_fault(json!({"mode": "unavailable", "retryAfter": 4, "scope": "git"})),
+    )?;
+    let app = rig.app("patient")?;
+    let c1 = rig.commit_app(&app, "patient", "v1")?;
+    let ms = SignedDuration::from_millis;
+
+    // 503 with Retry-After: 4 at a 1 s poll interval: every 4 s, no sooner.
+    for service in ["git-upload-pack", "git-receive-pack"] {
+        check_spacing(
+            &rig,
+            service,
+            Duration::from_secs(13),
+            3,
+            ms(3900),
+            ms(6000),
+        )?;
+    }
+    // 429 with Retry-After: 2.
+    rig.wos.set_fault(
+        json!({"mode": "unavailable", "status": 429, "retryAfter": 2, "scope": "git"}),
+    )?;
+    std::thread::sleep(Duration::from_secs(4));
+    for service in ["git-upload-pack", "git-receive-pack"] {
+        check_spacing(&rig, service, Duration::from_secs(8), 3, ms(1900), ms(4000))?;
+    }
+    // 503 without a wait: the backoff, grown to the 1 s interval at once, never comes sooner
+    // than the interval (it came after 0.5-1 s before).
+    rig.wos
+        .set_fault(json!({"mode": "unavailable", "retryAfter": null, "scope": "git"}))?;
+    std::thread::sleep(Duration::from_secs(3));
+    for service in ["git-upload-pack", "git-receive-pack"] {
+        check_spacing(&rig, service, Duration::from_secs(8), 5, ms(950), ms(4000))?;
+    }
+
+    // Back: the desired state arrives and its status is written.
+    rig.wos.set_fault(json!({"mode": "none"}))?;
+    wait_for_status_file(&rig, app.id(), &c1, "installed")?;
+    let log = rig.sync.log();
+    assert!(
+        log.contains("asked to retry after 4s"),
+        "the wait asked for is not in the log:\n{log}"
+    );
+    assert!(
+        log.contains("the desired-state repository can be polled again"),
+        "{log}"
+    );
+    assert!(log.contains("the status branch is written again"), "{log}");
+    Ok(())
+}
+
+#[test]
+fn a_wos_outage_is_logged_when_it_starts_and_ends_not_per_delivery() -> Result<()> {
+    let rig = Rig::start(RepoAuthKind::Basic, SyncOptions::default())?;
+    let app = rig.app("quiet")?;
+    let c1 = rig.commit_app(&app, "quiet", "v1")?;
+    rig.wait_for_wos(app.id(), &c1, "installed")?;
+    let before = rig.sync.log().len();
+
+    // The API drops every connection for a while (1 s poll interval, 5 s heartbeat), while
+    // there is news to deliver.
+    rig.wos.set_fault(json!({"mode": "down", "scope": "api"}))?;
+    rig.wos.clear_requests()?;
+    let c2 = rig.commit_app(&app, "quiet", "v2")?;
+    rig.deploy.wait_for(app.id(), &c2, "INSTALLED")?;
+    std::thread::sleep(Duration::from_secs(8));
+    let failed = rig
+        .wos
+        .requests()?
+        .iter()
+        .filter(|r| r["path"].as_str().is_some_and(|p| p.starts_with("/api/")) && r["status"] == 0)
+        .count();
+    ensure!(
+        failed >= 4,
+        "only {failed} failed deliveries: nothing to test"
+    );
+    rig.wos.set_fault(json!({"mode": "none"}))?;
+    rig.wait_for_wos(app.id(), &c2, "installed")?;
+
+    let log = rig.sync.log();
+    let during = &log[before..];
+    let warnings: Vec<&str> = during.lines().filter(|l| l.contains(" WARN ")).collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning for one outage, not one per failed delivery ({failed}):\n{during}"
+    );
+    assert!(warnings[0].contains("WOS not reachable"), "{during}");
+    let back: Vec<&str> = during
+        .lines()
+        .filter(|l| l.contains(" INFO ") && l.contains("WOS reachable again"))
+        .collect();
+    assert_eq!(back.len(), 1, "{during}");
+    assert!(
+        back[0].contains("down_for=") && back[0].contains("failures="),
+        "how long and how many: {}",
+        back[0]
+    );
     Ok(())
 }

@@ -445,6 +445,32 @@ fn faults_make_the_wos_unavailable_slow_or_down() {
         wos.client().get(&ca_url).send().unwrap().status(),
         StatusCode::OK
     );
+    // The git endpoint answers the fault before any authorization, like a proxy in front.
+    let refs_url = wos.url() + "/git/anyone.git/info/refs?service=git-upload-pack";
+    let response = wos.client().get(&refs_url).send().unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "5");
+
+    // Throttling: 429 with its own wait, or an outage that names no wait at all.
+    wos.set_fault(json!({"mode": "unavailable", "status": 429, "retryAfter": 3, "scope": "git"}))
+        .unwrap();
+    let response = wos.client().get(&refs_url).send().unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["retry-after"], "3");
+    wos.set_fault(json!({"mode": "unavailable", "retryAfter": null}))
+        .unwrap();
+    let response = wos.client().get(&ca_url).send().unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().get("retry-after").is_none());
+    // A fault that is no error is refused, and the one in force stays.
+    assert!(
+        wos.set_fault(json!({"mode": "unavailable", "status": 200}))
+            .is_err()
+    );
+    assert_eq!(
+        wos.client().get(&ca_url).send().unwrap().status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
 
     wos.set_fault(json!({"mode": "slow", "delayMs": 1500}))
         .unwrap();

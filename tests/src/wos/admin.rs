@@ -153,7 +153,8 @@ pub(crate) async fn get_fault(State(wos): State<Arc<Wos>>) -> Response<Body> {
     }
 }
 
-/// `PUT /admin/fault`: e.g. `{"mode":"unavailable","retryAfter":5,"scope":"git"}`.
+/// `PUT /admin/fault`: e.g. `{"mode":"unavailable","retryAfter":5,"scope":"git"}`, or
+/// `{"mode":"unavailable","status":429,"retryAfter":3}` (`"retryAfter":null` sends none).
 pub(crate) async fn put_fault(State(wos): State<Arc<Wos>>, body: Bytes) -> Response<Body> {
     let fault: Fault = match serde_json::from_slice(&body) {
         Ok(fault) => fault,
@@ -164,6 +165,9 @@ pub(crate) async fn put_fault(State(wos): State<Arc<Wos>>, body: Bytes) -> Respo
             );
         }
     };
+    if let Some(reason) = fault.invalid() {
+        return problem(StatusCode::BAD_REQUEST, reason);
+    }
     tracing::info!(?fault, "fault set");
     let value = serde_json::to_value(&fault).unwrap_or(Value::Null);
     *lock(&wos.fault) = fault;

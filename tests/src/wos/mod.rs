@@ -233,10 +233,12 @@ enum FaultMode {
     /// Serve normally.
     #[default]
     None,
-    /// 503 with `Retry-After`.
+    /// 503 (or `status`, e.g. 429) with `Retry-After` (none when `retryAfter` is null).
     Unavailable {
         #[serde(rename = "retryAfter", default = "default_retry_after")]
-        retry_after: u64,
+        retry_after: Option<u64>,
+        #[serde(default = "default_unavailable_status")]
+        status: u16,
     },
     /// Wait, then serve normally.
     Slow {
@@ -247,8 +249,12 @@ enum FaultMode {
     Down,
 }
 
-fn default_retry_after() -> u64 {
-    5
+fn default_retry_after() -> Option<u64> {
+    Some(5)
+}
+
+fn default_unavailable_status() -> u16 {
+    503
 }
 
 /// The fault state set through `PUT /admin/fault`.
@@ -261,6 +267,16 @@ struct Fault {
 }
 
 impl Fault {
+    /// Why the fault cannot be served, if it cannot.
+    fn invalid(&self) -> Option<String> {
+        match self.mode {
+            FaultMode::Unavailable { status, .. } if !(400..=599).contains(&status) => {
+                Some(format!("status {status} is not an error status (400-599)"))
+            }
+            _ => None,
+        }
+    }
+
     fn applies_to(&self, path: &str) -> bool {
         match self.scope {
             FaultScope::All => true,
@@ -414,14 +430,18 @@ async fn handle(
     let faulted = fault.applies_to(&path);
     let response = match fault.mode {
         FaultMode::Down if faulted => None,
-        FaultMode::Unavailable { retry_after } if faulted => {
-            let mut response = problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the WOS is unavailable (injected fault)",
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        FaultMode::Unavailable {
+            retry_after,
+            status,
+        } if faulted => {
+            // `put_fault` admits only error statuses.
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let mut response = problem(status, "the WOS is unavailable (injected fault)");
+            if let Some(retry_after) = retry_after {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
             Some(response)
         }
         FaultMode::Slow { delay_ms } if faulted => {
@@ -544,7 +564,21 @@ mod tests {
         let fault: Fault = serde_json::from_value(json!({"mode": "unavailable"})).unwrap();
         assert!(matches!(
             fault.mode,
-            FaultMode::Unavailable { retry_after: 5 }
+            FaultMode::Unavailable {
+                retry_after: Some(5),
+                status: 503
+            }
+        ));
+        let fault: Fault = serde_json::from_value(
+            json!({"mode": "unavailable", "status": 429, "retryAfter": null, "scope": "git"}),
+        )
+        .unwrap();
+        assert!(matches!(
+            fault.mode,
+            FaultMode::Unavailable {
+                retry_after: None,
+                status: 429
+            }
         ));
         assert!(fault.applies_to("/git/x.git/info/refs"));
         let fault: Fault =
