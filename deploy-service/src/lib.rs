@@ -21,6 +21,7 @@ mod rollout;
 mod runtime;
 mod server;
 mod spec;
+mod status;
 
 use std::path::Path;
 

@@ -1,0 +1,404 @@
+//! The status woa-deploy reports: pure functions from the desired state, the rollout records
+//! and what the engine runs to the `CurrentState` the contract carries.
+
+use std::collections::HashMap;
+
+use woa_common::margo::{ComponentStatus, DeploymentState, DeploymentStatusManifest, StatusError};
+use woa_proto::v1 as pb;
+
+use crate::desired::{self, Deployment, DesiredState};
+use crate::plan;
+use crate::rollout::{self, Offer, Phase};
+use crate::runtime::{Observed, ObservedContainer, Owner};
+
+/// A deployment that was removed: the revision that left it out, and its components then.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "StoredRemoval")]
+pub(crate) struct Removal {
+    pub(crate) revision: String,
+    pub(crate) components: Vec<String>,
+}
+
+/// `removed.json` entries as stored, before components were kept too (a bare revision).
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum StoredRemoval {
+    Revision(String),
+    Full {
+        revision: String,
+        components: Vec<String>,
+    },
+}
+
+impl From<StoredRemoval> for Removal {
+    fn from(stored: StoredRemoval) -> Removal {
+        match stored {
+            StoredRemoval::Revision(revision) => Removal {
+                revision,
+                components: Vec::new(),
+            },
+            StoredRemoval::Full {
+                revision,
+                components,
+            } => Removal {
+                revision,
+                components,
+            },
+        }
+    }
+}
+
+/// The status of desired deployment `d` through its rollout: what runs, or why the wanted
+/// release is pending or held.
+pub(crate) fn release_status(
+    d: &Deployment,
+    revision: &str,
+    (track, offer): (Option<&rollout::Track>, Option<&Offer>),
+    observed: &Observed,
+    errors: &HashMap<Owner, StatusError>,
+) -> pb::DeploymentStatus {
+    let every_component = |state| {
+        d.component_names
+            .iter()
+            .map(|name| (name.clone(), state, None, vec![]))
+            .collect()
+    };
+    let (id, app, path) = (&d.id, &d.application_id, &d.path);
+    match offer {
+        Some(Offer::Pending(why)) => {
+            let components = every_component(DeploymentState::Pending);
+            return status(id, app, revision, path, Some(why.clone()), components);
+        }
+        Some(Offer::Held(hold)) => {
+            let components = every_component(DeploymentState::Failed);
+            return status(
+                id,
+                app,
+                revision,
+                path,
+                Some(hold.error.clone()),
+                components,
+            );
+        }
+        _ => {}
+    }
+    // What runs is the current release, with the newest document's error if it was unusable.
+    let shown = match track.and_then(|t| t.current.as_ref()) {
+        Some(current) => Deployment {
+            error: d.error.clone(),
+            component_names: d.component_names.clone(),
+            path: d.path.clone(),
+            ..current.deployment.clone()
+        },
+        None => d.clone(),
+    };
+    let mut s = deployment_status(&shown, revision, observed, errors);
+    match track {
+        // Up, but not settled yet.
+        Some(t) if matches!(t.phase, Phase::Rolling | Phase::Restoring) => {
+            for c in &mut s.components {
+                if c.state() == pb::DeploymentState::Installed {
+                    c.state = pb::DeploymentState::Installing as i32;
+                }
+            }
+            if s.state() == pb::DeploymentState::Installed {
+                s.state = pb::DeploymentState::Installing as i32;
+            }
+        }
+        Some(rollout::Track {
+            phase: Phase::Failed,
+            hold: Some(hold),
+            ..
+        }) => {
+            s.state = pb::DeploymentState::Failed as i32;
+            s.error = Some(pb_error(&hold.error));
+        }
+        _ => return s,
+    }
+    s.manifest_json = manifest_json(&s, margo_state(s.state()));
+    s
+}
+
+/// Documents of `d` that could not name a deployment.
+pub(crate) fn rejected_documents(d: &DesiredState) -> Vec<pb::DocumentError> {
+    d.rejected
+        .iter()
+        .map(|r| pb::DocumentError {
+            path: r.path.clone(),
+            deployment_id: String::new(),
+            error: Some(pb_error(&r.error)),
+        })
+        .collect()
+}
+
+pub(crate) fn response(d: &DesiredState, changed: bool) -> pb::ApplyDesiredStateResponse {
+    let mut rejected = rejected_documents(d);
+    rejected.extend(d.deployments.iter().filter_map(|dep| {
+        Some(pb::DocumentError {
+            path: dep.path.clone(),
+            deployment_id: dep.id.clone(),
+            error: Some(pb_error(dep.error.as_ref()?)),
+        })
+    }));
+    pb::ApplyDesiredStateResponse {
+        revision: d.revision.clone(),
+        changed,
+        accepted: d
+            .deployments
+            .iter()
+            .filter(|d| d.error.is_none())
+            .map(|d| d.id.clone())
+            .collect(),
+        rejected,
+    }
+}
+
+pub(crate) type ComponentRow = (
+    String,
+    DeploymentState,
+    Option<StatusError>,
+    Vec<pb::ContainerStatus>,
+);
+
+pub(crate) fn deployment_status(
+    d: &desired::Deployment,
+    revision: &str,
+    observed: &Observed,
+    errors: &HashMap<Owner, StatusError>,
+) -> pb::DeploymentStatus {
+    let mut components: Vec<ComponentRow> = Vec::new();
+    for c in &d.components {
+        let owner = Owner {
+            deployment: d.id.clone(),
+            component: c.name.clone(),
+        };
+        let plans = plan::container_plans(d, c);
+        let mut containers = Vec::new();
+        let mut state = DeploymentState::Installed;
+        let mut error = errors.get(&owner).cloned();
+        for p in &plans {
+            match observed.containers.iter().find(|o| o.name == p.name) {
+                Some(o) => {
+                    containers.push(container_status(o));
+                    let up_to_date = o.spec_hash == p.spec_hash;
+                    let completed = o.state == "exited" && o.exit_code == 0;
+                    if o.health == "unhealthy" {
+                        state = DeploymentState::Failed;
+                        error.get_or_insert_with(|| {
+                            StatusError::new(
+                                "ERR_UNHEALTHY",
+                                &p.name,
+                                format!("container {} is unhealthy", p.name),
+                            )
+                        });
+                    } else if up_to_date
+                        && (o.state == "restarting" || (o.state == "exited" && o.exit_code != 0))
+                    {
+                        state = DeploymentState::Failed;
+                        error.get_or_insert_with(|| {
+                            StatusError::new(
+                                "ERR_CONTAINER_EXITED",
+                                &p.name,
+                                format!(
+                                    "container {} exited with code {} (restarted {} times)",
+                                    p.name, o.exit_code, o.restart_count
+                                ),
+                            )
+                        });
+                    } else if !up_to_date || !(o.is_ready() || completed) {
+                        state = state.max_severity(DeploymentState::Installing);
+                    }
+                }
+                None => {
+                    state = state.max_severity(DeploymentState::Installing);
+                    containers.push(pb::ContainerStatus {
+                        name: p.name.clone(),
+                        image: p.service.image.clone(),
+                        service: p.service.name.clone(),
+                        state: "missing".into(),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        if error.is_some() {
+            state = DeploymentState::Failed;
+        }
+        components.push((c.name.clone(), state, error, containers));
+    }
+    // The newest document could not be used: its components fail with the document's error
+    // while the last good spec (if any) keeps running.
+    if let Some(e) = &d.error {
+        for name in &d.component_names {
+            match components.iter_mut().find(|c| &c.0 == name) {
+                Some(c) => {
+                    c.1 = DeploymentState::Failed;
+                    c.2 = Some(e.clone());
+                }
+                None => components.push((
+                    name.clone(),
+                    DeploymentState::Failed,
+                    Some(e.clone()),
+                    vec![],
+                )),
+            }
+        }
+    }
+    status(
+        &d.id,
+        &d.application_id,
+        revision,
+        &d.path,
+        d.error.clone(),
+        components,
+    )
+}
+
+pub(crate) trait Severity {
+    fn max_severity(self, other: Self) -> Self;
+}
+
+impl Severity for DeploymentState {
+    fn max_severity(self, other: Self) -> Self {
+        DeploymentState::most_severe([self, other]).unwrap_or(self)
+    }
+}
+
+pub(crate) fn status(
+    id: &str,
+    application_id: &str,
+    revision: &str,
+    path: &str,
+    error: Option<StatusError>,
+    components: Vec<ComponentRow>,
+) -> pb::DeploymentStatus {
+    let overall = DeploymentState::most_severe(components.iter().map(|c| c.1)).unwrap_or(
+        if error.is_some() {
+            DeploymentState::Failed
+        } else {
+            DeploymentState::Installed
+        },
+    );
+    // The overall error: the document's, else the first failing component's.
+    let error = error.or_else(|| components.iter().find_map(|c| c.2.clone()));
+    let mut s = pb::DeploymentStatus {
+        deployment_id: id.to_string(),
+        application_id: application_id.to_string(),
+        revision: revision.to_string(),
+        state: pb_state(overall) as i32,
+        error: error.as_ref().map(pb_error),
+        components: components
+            .into_iter()
+            .map(|(name, state, error, containers)| pb::ComponentStatus {
+                name,
+                state: pb_state(state) as i32,
+                error: error.as_ref().map(pb_error),
+                containers,
+            })
+            .collect(),
+        path: path.to_string(),
+        manifest_json: String::new(),
+    };
+    s.manifest_json = manifest_json(&s, overall);
+    s
+}
+
+pub(crate) fn manifest_json(s: &pb::DeploymentStatus, overall: DeploymentState) -> String {
+    let margo_error = |e: &Option<pb::Error>| {
+        e.as_ref()
+            .map(|e| StatusError::new(&e.code, &e.source, &e.message))
+    };
+    let components = s
+        .components
+        .iter()
+        .map(|c| ComponentStatus {
+            name: c.name.clone(),
+            state: margo_state(c.state()),
+            error: margo_error(&c.error),
+        })
+        .collect();
+    let manifest = DeploymentStatusManifest::new(
+        &s.deployment_id,
+        &s.revision,
+        overall,
+        margo_error(&s.error),
+        components,
+    );
+    serde_json::to_string(&manifest).unwrap_or_default()
+}
+
+pub(crate) fn container_status(c: &ObservedContainer) -> pb::ContainerStatus {
+    pb::ContainerStatus {
+        name: c.name.clone(),
+        id: c.id.clone(),
+        image: c.image.clone(),
+        service: c.service.clone(),
+        state: c.state.clone(),
+        health: c.health.clone(),
+        restart_count: c.restart_count,
+        exit_code: c.exit_code,
+    }
+}
+
+pub(crate) fn pb_error(e: &StatusError) -> pb::Error {
+    pb::Error {
+        code: e.code.clone(),
+        source: e.source.clone(),
+        message: e.message.clone(),
+    }
+}
+
+pub(crate) fn pb_state(s: DeploymentState) -> pb::DeploymentState {
+    match s {
+        DeploymentState::Pending => pb::DeploymentState::Pending,
+        DeploymentState::Installing => pb::DeploymentState::Installing,
+        DeploymentState::Installed => pb::DeploymentState::Installed,
+        DeploymentState::Failed => pb::DeploymentState::Failed,
+        DeploymentState::Removing => pb::DeploymentState::Removing,
+        DeploymentState::Removed => pb::DeploymentState::Removed,
+    }
+}
+
+pub(crate) fn margo_state(s: pb::DeploymentState) -> DeploymentState {
+    match s {
+        pb::DeploymentState::Pending | pb::DeploymentState::Unspecified => DeploymentState::Pending,
+        pb::DeploymentState::Installing => DeploymentState::Installing,
+        pb::DeploymentState::Installed => DeploymentState::Installed,
+        pb::DeploymentState::Failed => DeploymentState::Failed,
+        pb::DeploymentState::Removing => DeploymentState::Removing,
+        pb::DeploymentState::Removed => DeploymentState::Removed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn removals_are_read_in_the_old_form_and_the_new() {
+        let stored = r#"{"a": "r1", "b": {"revision": "r2", "components": ["app"]}}"#;
+        let removed: BTreeMap<String, Removal> = serde_json::from_str(stored).unwrap();
+        assert_eq!(
+            removed["a"],
+            Removal {
+                revision: "r1".into(),
+                components: vec![]
+            }
+        );
+        assert_eq!(removed["b"].components, ["app"]);
+        let again: BTreeMap<String, Removal> =
+            serde_json::from_str(&serde_json::to_string(&removed).unwrap()).unwrap();
+        assert_eq!(again, removed);
+    }
+
+    #[test]
+    fn a_removed_deployment_lists_its_components_as_removed() {
+        let components = vec![("app".to_owned(), DeploymentState::Removed, None, vec![])];
+        let s = status("d", "", "r2", "", None, components);
+        assert_eq!(s.state(), pb::DeploymentState::Removed);
+        assert_eq!(s.components[0].name, "app");
+    }
+}
