@@ -102,6 +102,8 @@ pub struct Policy {
     host_paths: Vec<PathBuf>,
     engine_sockets: Vec<PathBuf>,
     agent_dirs: Vec<PathBuf>,
+    /// `config.capabilities` in one spelling.
+    capabilities: Vec<String>,
 }
 
 impl Policy {
@@ -111,6 +113,7 @@ impl Policy {
             host_paths: forms(&config.host_paths),
             engine_sockets: forms(&protected.engine_sockets),
             agent_dirs: forms(&protected.agent_dirs),
+            capabilities: config.capabilities.iter().map(|c| capability(c)).collect(),
             config,
         }
     }
@@ -122,11 +125,7 @@ impl Policy {
             for added in &service.cap_add {
                 let cap = capability(added);
                 let allowed = DEFAULT_CAPABILITIES.contains(&cap.as_str())
-                    || self
-                        .config
-                        .capabilities
-                        .iter()
-                        .any(|c| capability(c) == cap);
+                    || self.capabilities.contains(&cap);
                 if !allowed {
                     return Err(format!(
                         "services.{}.cap_add: capability {cap} is refused: allow it in policy.capabilities in deploy.toml",
@@ -151,12 +150,12 @@ impl Policy {
         }
         for volume in &project.volumes {
             if let Some(external) = &volume.external {
-                if !self.config.external_volumes.contains(external) {
-                    return Err(format!(
-                        "volumes.{}.external: volume {external} was not made by woa and is refused: allow it in policy.external_volumes in deploy.toml",
-                        volume.name
-                    ));
-                }
+                check_external(
+                    "volume",
+                    &volume.name,
+                    external,
+                    &self.config.external_volumes,
+                )?;
             } else if let Some(device) = host_device(volume) {
                 self.check_host_path(device).map_err(|why| {
                     format!(
@@ -167,13 +166,13 @@ impl Policy {
             }
         }
         for network in &project.networks {
-            if let Some(external) = &network.external
-                && !self.config.external_networks.contains(external)
-            {
-                return Err(format!(
-                    "networks.{}.external: network {external} was not made by woa and is refused: allow it in policy.external_networks in deploy.toml",
-                    network.name
-                ));
+            if let Some(external) = &network.external {
+                check_external(
+                    "network",
+                    &network.name,
+                    external,
+                    &self.config.external_networks,
+                )?;
             }
         }
         Ok(())
@@ -214,6 +213,22 @@ impl Policy {
         }
         Ok(())
     }
+}
+
+/// Refuses `external` (the engine object a compose `kind` named `name` stands for) unless the
+/// owner listed it in `allowed` (`policy.external_<kind>s`).
+fn check_external(
+    kind: &str,
+    name: &str,
+    external: &str,
+    allowed: &[String],
+) -> Result<(), String> {
+    if allowed.iter().any(|a| a == external) {
+        return Ok(());
+    }
+    Err(format!(
+        "{kind}s.{name}.external: {kind} {external} was not made by woa and is refused: allow it in policy.external_{kind}s in deploy.toml"
+    ))
 }
 
 /// The host path a volume of the `local` driver mounts (`driver_opts.device`), if any. Network
