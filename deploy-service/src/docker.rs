@@ -1,6 +1,7 @@
 //! [`ContainerRuntime`] on the Docker Engine API, through bollard. The only module that knows it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use bollard::Docker;
 use bollard::auth::DockerCredentials;
@@ -10,16 +11,17 @@ use bollard::models::{
     PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, ListContainersOptions, ListNetworksOptions,
-    ListVolumesOptions, RemoveContainerOptions, RemoveImageOptions, RemoveVolumeOptions,
-    RenameContainerOptions, StopContainerOptions,
+    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions,
+    ListNetworksOptions, ListVolumesOptions, RemoveContainerOptions, RemoveImageOptions,
+    RemoveVolumeOptions, RenameContainerOptions, StopContainerOptions,
 };
 use futures_util::TryStreamExt;
 
 use crate::package::{Credentials, Secret};
 use crate::runtime::{
-    ContainerPlan, ContainerRuntime, EngineFacts, LABEL_AGENT, LABEL_COMPONENT, LABEL_DEPLOYMENT,
-    LABEL_SERVICE, LABEL_SPEC_HASH, Observed, ObservedContainer, ObservedObject, Owner,
+    ContainerPlan, ContainerRuntime, EngineFacts, LABEL_AGENT, LABEL_COMPONENT, LABEL_DEPENDS_ON,
+    LABEL_DEPLOYMENT, LABEL_SERVICE, LABEL_SPEC_HASH, Observed, ObservedContainer, ObservedObject,
+    Owner,
 };
 use crate::spec::{self, BindSource, Network, Volume};
 use crate::{Error, Result};
@@ -31,6 +33,11 @@ pub struct DockerRuntime {
     registries: BTreeMap<String, Credentials>,
     /// Value of `org.margo.woa.agent` on every object this runtime manages.
     instance: String,
+    /// The last inspection of each managed container, by id, with the list entry it matched:
+    /// the list answer of older APIs lacks the restart count, and inspecting every container
+    /// at every resync would cost one engine call each. An entry is used while the list shows
+    /// the container in the same state and health and no event about it arrived.
+    inspected: Arc<Mutex<HashMap<String, (String, ObservedContainer)>>>,
 }
 
 impl DockerRuntime {
@@ -51,6 +58,7 @@ impl DockerRuntime {
             docker,
             registries,
             instance: instance.to_string(),
+            inspected: Arc::default(),
         })
     }
 
@@ -109,7 +117,100 @@ impl DockerRuntime {
                 .unwrap_or_default(),
             restart_count: c.restart_count.unwrap_or(0).try_into().unwrap_or(u32::MAX),
             exit_code: state.exit_code.unwrap_or(0),
+            depends_on: labels
+                .get(LABEL_DEPENDS_ON)
+                .map(|l| l.split(',').map(str::to_string).collect())
+                .unwrap_or_default(),
         }))
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, ObservedContainer)>> {
+        self.inspected.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every managed object, or those of one deployment.
+    async fn list(&self, deployment: Option<&str>) -> Result<Observed> {
+        let filters = || {
+            let mut filters = managed_filter(&self.instance);
+            if let Some(id) = deployment {
+                filters[0].1.push(format!("{LABEL_DEPLOYMENT}={id}"));
+            }
+            Some(HashMap::from(filters))
+        };
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: filters(),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| engine("listing containers", e))?;
+        let mut containers = Vec::with_capacity(list.len());
+        let mut listed = std::collections::HashSet::new();
+        for c in list {
+            let Some(id) = c.id else { continue };
+            // The state and the health the status text ends with, e.g. "Up 2 hours (healthy)".
+            let key = format!(
+                "{}|{}",
+                c.state.map(|s| s.to_string()).unwrap_or_default(),
+                c.status
+                    .as_deref()
+                    .and_then(|s| s.rsplit_once('('))
+                    .map_or("", |(_, h)| h)
+            );
+            let cached = self
+                .cache()
+                .get(&id)
+                .filter(|(k, _)| *k == key)
+                .map(|(_, c)| c.clone());
+            let observed = match cached {
+                Some(c) => Some(c),
+                None => self.inspect(&id).await?,
+            };
+            if let Some(o) = observed {
+                self.cache().insert(id.clone(), (key, o.clone()));
+                containers.push(o);
+            }
+            listed.insert(id);
+        }
+        if deployment.is_none() {
+            self.cache().retain(|id, _| listed.contains(id));
+        }
+        let networks = self
+            .docker
+            .list_networks(Some(ListNetworksOptions { filters: filters() }))
+            .await
+            .map_err(|e| engine("listing networks", e))?
+            .into_iter()
+            .filter_map(|n| {
+                let owner = owner_of(n.labels.as_ref()?)?;
+                Some(ObservedObject {
+                    name: n.name?,
+                    owner,
+                })
+            })
+            .collect();
+        let volumes = self
+            .docker
+            .list_volumes(Some(ListVolumesOptions { filters: filters() }))
+            .await
+            .map_err(|e| engine("listing volumes", e))?
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| {
+                Some(ObservedObject {
+                    owner: owner_of(&v.labels)?,
+                    name: v.name,
+                })
+            })
+            .collect();
+        Ok(Observed {
+            containers,
+            networks,
+            volumes,
+        })
     }
 }
 
@@ -151,14 +252,14 @@ fn owner_labels(
     labels
 }
 
-fn managed_filter(instance: &str) -> Option<HashMap<String, Vec<String>>> {
-    Some(HashMap::from([(
+fn managed_filter(instance: &str) -> [(String, Vec<String>); 1] {
+    [(
         "label".to_string(),
         vec![
             LABEL_DEPLOYMENT.to_string(),
             format!("{LABEL_AGENT}={instance}"),
         ],
-    )]))
+    )]
 }
 
 /// Seconds a container gets between SIGTERM and SIGKILL when it is removed.
@@ -196,57 +297,42 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
 
 impl ContainerRuntime for DockerRuntime {
     async fn observe(&self) -> Result<Observed> {
-        let list = self
-            .docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: managed_filter(&self.instance),
-                ..Default::default()
-            }))
+        self.list(None).await
+    }
+
+    async fn observe_deployment(&self, id: &str) -> Result<Observed> {
+        self.list(Some(id)).await
+    }
+
+    async fn follow_events(&self, changed: &tokio::sync::mpsc::Sender<String>) -> Result<()> {
+        let mut filters = HashMap::from(managed_filter(&self.instance));
+        filters.insert("type".into(), vec!["container".into()]);
+        let options = EventsOptions {
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let mut events = std::pin::pin!(self.docker.events(Some(options)));
+        // Whatever happened while no stream was followed is unknown: inspect afresh.
+        self.cache().clear();
+        while let Some(event) = events
+            .try_next()
             .await
-            .map_err(|e| engine("listing containers", e))?;
-        let mut containers = Vec::with_capacity(list.len());
-        for id in list.into_iter().filter_map(|c| c.id) {
-            containers.extend(self.inspect(&id).await?);
+            .map_err(|e| engine("following engine events", e))?
+        {
+            let Some(actor) = event.actor else { continue };
+            if let Some(id) = &actor.id {
+                self.cache().remove(id);
+            }
+            let deployment = actor
+                .attributes
+                .and_then(|mut a| a.remove(LABEL_DEPLOYMENT));
+            if let Some(deployment) = deployment
+                && changed.send(deployment).await.is_err()
+            {
+                break;
+            }
         }
-        let networks = self
-            .docker
-            .list_networks(Some(ListNetworksOptions {
-                filters: managed_filter(&self.instance),
-            }))
-            .await
-            .map_err(|e| engine("listing networks", e))?
-            .into_iter()
-            .filter_map(|n| {
-                let owner = owner_of(n.labels.as_ref()?)?;
-                Some(ObservedObject {
-                    name: n.name?,
-                    owner,
-                })
-            })
-            .collect();
-        let volumes = self
-            .docker
-            .list_volumes(Some(ListVolumesOptions {
-                filters: managed_filter(&self.instance),
-            }))
-            .await
-            .map_err(|e| engine("listing volumes", e))?
-            .volumes
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|v| {
-                Some(ObservedObject {
-                    owner: owner_of(&v.labels)?,
-                    name: v.name,
-                })
-            })
-            .collect();
-        Ok(Observed {
-            containers,
-            networks,
-            volumes,
-        })
+        Ok(())
     }
 
     async fn container(&self, name: &str) -> Result<Option<ObservedContainer>> {
@@ -445,6 +531,10 @@ fn container_body(
     let mut labels: HashMap<String, String> = owner_labels(instance, &plan.owner, &s.labels);
     labels.insert(LABEL_SERVICE.into(), s.name.clone());
     labels.insert(LABEL_SPEC_HASH.into(), plan.spec_hash.clone());
+    if !s.depends_on.is_empty() {
+        let services: Vec<&str> = s.depends_on.iter().map(|d| d.service.as_str()).collect();
+        labels.insert(LABEL_DEPENDS_ON.into(), services.join(","));
+    }
 
     let mut port_bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
     for p in &s.ports {

@@ -11,17 +11,22 @@ mod config;
 mod desired;
 mod docker;
 mod error;
+mod execute;
+mod gc;
 mod listener;
 mod metrics;
 pub mod operator;
 pub mod package;
 mod plan;
 mod policy;
+mod reconcile;
 mod rollout;
 mod runtime;
 mod server;
 mod spec;
 mod status;
+mod verify;
+mod worker;
 
 use std::path::Path;
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use sha2::{Digest, Sha256};
 
 use crate::desired::{Component, Deployment};
-use crate::runtime::{ContainerPlan, Observed, Owner};
+use crate::runtime::{ContainerPlan, Observed, ObservedContainer, Owner};
 use crate::spec::Condition;
 
 /// A container another one waits for before it starts.
@@ -23,12 +23,7 @@ pub struct Awaited {
 #[derive(Debug, Clone)]
 pub enum Step {
     /// Remove a container that no desired service owns (or a duplicate).
-    RemoveContainer {
-        /// Engine id.
-        id: String,
-        /// Engine name, for logs.
-        name: String,
-    },
+    RemoveContainer(Box<ObservedContainer>),
     /// Remove a network no desired component owns.
     RemoveNetwork(String),
     /// Remove a volume no desired component owns (only when configured to).
@@ -283,10 +278,7 @@ pub fn plan(desired: &[Deployment], observed: &Observed, remove_volumes: bool) -
     // Removals first: they free names and ports the new containers may need.
     for o in &observed.containers {
         if !wanted_containers.contains(&o.name) {
-            steps.push(Step::RemoveContainer {
-                id: o.id.clone(),
-                name: o.name.clone(),
-            });
+            steps.push(Step::RemoveContainer(Box::new(o.clone())));
         }
     }
     for o in &observed.networks {
@@ -376,6 +368,7 @@ mod tests {
                     health: String::new(),
                     restart_count: 0,
                     exit_code: 0,
+                    depends_on: vec![],
                 })
                 .collect(),
             networks: vec![ObservedObject {
@@ -390,7 +383,7 @@ mod tests {
         steps
             .iter()
             .map(|s| match s {
-                Step::RemoveContainer { name, .. } => format!("rm {name}"),
+                Step::RemoveContainer(c) => format!("rm {}", c.name),
                 Step::RemoveNetwork(n) => format!("rmnet {n}"),
                 Step::RemoveVolume(n) => format!("rmvol {n}"),
                 Step::CreateNetwork { name, .. } => format!("net {name}"),

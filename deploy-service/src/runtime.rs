@@ -17,6 +17,9 @@ pub const LABEL_COMPONENT: &str = "org.margo.woa.component";
 pub const LABEL_SERVICE: &str = "org.margo.woa.service";
 /// Label holding the hash of the container's resolved spec.
 pub const LABEL_SPEC_HASH: &str = "org.margo.woa.spec-hash";
+/// Label listing the compose services a container depends on (comma-separated), so that a
+/// removal stops dependents first even when the deployment's document is gone.
+pub const LABEL_DEPENDS_ON: &str = "org.margo.woa.depends-on";
 
 /// Which deployment component an engine object belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -50,6 +53,8 @@ pub struct ObservedContainer {
     pub restart_count: u32,
     /// Exit code of the last run.
     pub exit_code: i64,
+    /// Compose services of the same component it depends on.
+    pub depends_on: Vec<String>,
 }
 
 impl ObservedContainer {
@@ -77,6 +82,42 @@ pub struct Observed {
     pub networks: Vec<ObservedObject>,
     /// Managed volumes.
     pub volumes: Vec<ObservedObject>,
+}
+
+impl Observed {
+    /// What belongs to deployment `id`.
+    pub fn of(&self, id: &str) -> Observed {
+        Observed {
+            containers: self
+                .containers
+                .iter()
+                .filter(|c| c.owner.deployment == id)
+                .cloned()
+                .collect(),
+            networks: self
+                .networks
+                .iter()
+                .filter(|n| n.owner.deployment == id)
+                .cloned()
+                .collect(),
+            volumes: self
+                .volumes
+                .iter()
+                .filter(|v| v.owner.deployment == id)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// The deployments anything observed belongs to.
+    pub fn deployments(&self) -> std::collections::BTreeSet<&str> {
+        let containers = self.containers.iter().map(|c| &c.owner);
+        let objects = self.networks.iter().chain(&self.volumes).map(|o| &o.owner);
+        containers
+            .chain(objects)
+            .map(|o| o.deployment.as_str())
+            .collect()
+    }
 }
 
 /// Everything needed to create one container.
@@ -117,6 +158,20 @@ pub struct EngineFacts {
 pub trait ContainerRuntime: Send + Sync + 'static {
     /// Lists every object carrying the agent's labels.
     fn observe(&self) -> impl Future<Output = Result<Observed>> + Send;
+    /// Lists the objects of deployment `id`.
+    fn observe_deployment(&self, id: &str) -> impl Future<Output = Result<Observed>> + Send {
+        async move { Ok(self.observe().await?.of(id)) }
+    }
+    /// Follows the engine's events about managed containers, sending the deployment each one
+    /// concerns, until the engine ends the stream (`Ok`) or fails; the caller subscribes
+    /// again. An engine without events never returns: the periodic resync alone sees changes.
+    fn follow_events(
+        &self,
+        changed: &tokio::sync::mpsc::Sender<String>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = changed;
+        std::future::pending()
+    }
     /// The managed container named `name`, if it exists.
     fn container(
         &self,

@@ -1,7 +1,7 @@
 //! The status woa-deploy reports: pure functions from the desired state, the rollout records
 //! and what the engine runs to the `CurrentState` the contract carries.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use woa_common::margo::{ComponentStatus, DeploymentState, DeploymentStatusManifest, StatusError};
 use woa_proto::v1 as pb;
@@ -46,6 +46,65 @@ impl From<StoredRemoval> for Removal {
             },
         }
     }
+}
+
+impl Removal {
+    /// The status reported for the removed deployment `id`.
+    pub(crate) fn status(&self, id: &str) -> pb::DeploymentStatus {
+        let components = self
+            .components
+            .iter()
+            .map(|name| (name.clone(), DeploymentState::Removed, None, vec![]))
+            .collect();
+        let mut s = status(id, "", &self.revision, "", None, components);
+        s.state = pb::DeploymentState::Removed as i32;
+        s.manifest_json = manifest_json(&s, DeploymentState::Removed);
+        s
+    }
+}
+
+/// Deployment `id`, no longer desired at `revision`: how it was removed and its status.
+/// `removing` while `observed` holds containers of it; `removed` once none are left, and at
+/// once when it was reported but never ran (or its document now names another id). One that
+/// was never reported is not reported now either.
+pub(crate) fn leaving(
+    id: &str,
+    revision: &str,
+    observed: &Observed,
+    removal: Option<Removal>,
+    reported: Option<pb::DeploymentStatus>,
+) -> (Option<Removal>, Option<pb::DeploymentStatus>) {
+    if !observed.containers.is_empty() {
+        let mut by_component: BTreeMap<&str, Vec<pb::ContainerStatus>> = BTreeMap::new();
+        for c in &observed.containers {
+            by_component
+                .entry(&c.owner.component)
+                .or_default()
+                .push(container_status(c));
+        }
+        let removal = Removal {
+            revision: revision.to_string(),
+            components: by_component.keys().map(|c| c.to_string()).collect(),
+        };
+        let components = by_component
+            .into_iter()
+            .map(|(name, containers)| {
+                let state = DeploymentState::Removing;
+                (name.to_string(), state, None, containers)
+            })
+            .collect();
+        let shown = status(id, "", revision, "", None, components);
+        return (Some(removal), Some(shown));
+    }
+    let removal = removal.or_else(|| {
+        let reported = reported.filter(|s| s.state() != pb::DeploymentState::Removed)?;
+        Some(Removal {
+            revision: revision.to_string(),
+            components: reported.components.iter().map(|c| c.name.clone()).collect(),
+        })
+    });
+    let shown = removal.as_ref().map(|r| r.status(id));
+    (removal, shown)
 }
 
 /// The status of desired deployment `d` through its rollout: what runs, or why the wanted
