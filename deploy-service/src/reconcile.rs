@@ -32,7 +32,7 @@ pub(crate) struct Local {
     verifying: Option<Verification>,
     /// Since when each component's steps wait for their dependencies.
     waiting: HashMap<Owner, Instant>,
-    /// When the pass last changed the engine: an observation from before is stale.
+    /// When a pass last finished changing the engine: an observation from before is stale.
     changed_at: Option<Instant>,
 }
 
@@ -94,9 +94,7 @@ impl<R: ContainerRuntime> Agent<R> {
         }
         self.publish_desired(&desired, d, &observed, local);
         let engine = self.workers.engine.read().await;
-        if !steps.is_empty() {
-            local.changed_at = Some(Instant::now());
-        }
+        let changes = !steps.is_empty();
         let (removals, work): (Vec<Step>, Vec<Step>) =
             steps.into_iter().partition(|s| s.owner().is_none());
         if let Err(e) = self.remove_unwanted(removals).await {
@@ -121,6 +119,10 @@ impl<R: ContainerRuntime> Agent<R> {
             None => (None, false),
         };
         drop(engine);
+        if changes {
+            // What was observed until now may predate these steps' effects.
+            local.changed_at = Some(Instant::now());
+        }
         let action = match (running, verifying) {
             (Some(r), Some(v)) => self.conclude(r, v, &mut failed, local)?,
             _ if deferred => Action::Requeue(CHECK_EVERY),
@@ -347,9 +349,11 @@ impl<R: ContainerRuntime> Agent<R> {
             self.workers.collect_garbage();
             return Ok(Action::Done);
         }
+        let engine = self.workers.engine.read().await;
+        let removed = self.remove_unwanted(steps).await;
+        drop(engine);
         local.changed_at = Some(Instant::now());
-        let _engine = self.workers.engine.read().await;
-        self.remove_unwanted(steps).await?;
+        removed?;
         // The next pass sees what is left, and reports the removal once nothing is.
         Ok(Action::Requeue(Duration::ZERO))
     }

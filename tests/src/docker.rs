@@ -195,3 +195,22 @@ impl Drop for Cleanup {
         }
     }
 }
+
+/// What the deployment's `web` container answers on its published port 8080, if one answers.
+pub fn answer(deployment_id: &str) -> Result<String> {
+    let running = containers(deployment_id)?;
+    let web = running
+        .iter()
+        .find(|c| c.service() == "web" && c.state == "running")
+        .context("no running web container")?;
+    let port = web.host_port(8080).context("web publishes no port")?;
+    Ok(crate::util::http_get(port, "/")?.1)
+}
+
+/// Waits (up to a minute) until the deployment's `web` container answers `message`.
+pub fn wait_answer(deployment_id: &str, message: &str) -> Result<()> {
+    crate::util::wait_until(std::time::Duration::from_secs(60), || {
+        Ok(answer(deployment_id).ok().as_deref() == Some(message))
+    })
+    .with_context(|| format!("{deployment_id} never answered {message:?}"))
+}

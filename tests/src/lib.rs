@@ -25,7 +25,7 @@ pub use archive::tar_gz;
 pub use bystander::{Bystander, fails_alone, fails_alone_with, single_service};
 pub use deploy::{Deploy, DeployOptions, Identity};
 pub use desired::{AppDeployment, DesiredState};
-pub use docker::{Cleanup, Container, containers, networks, remove_container};
+pub use docker::{Cleanup, Container, answer, containers, networks, remove_container, wait_answer};
 pub use engine::restart_engine;
 pub use image::testapp_image;
 pub use pki::Pki;

@@ -5,10 +5,12 @@
 //!   when `$FAIL_AT_START` is set, to test crashing workloads.
 //! - `testapp probe PORT`: exits 0 when 127.0.0.1:PORT answers, else 1 (a HEALTHCHECK).
 //! - `testapp sleep`: idles until killed.
+//! - `testapp hang`: idles and ignores SIGTERM, like the many apps that run as PID 1 without
+//!   a handler (the kernel drops signals PID 1 does not handle): every stop waits out the
+//!   engine's grace period.
 //!
-//! As PID 1 of a container it would ignore SIGTERM (the kernel drops signals PID 1 has no
-//! handler for), and every stop would wait out the engine's grace period; so it exits on
-//! SIGTERM like a well-behaved app.
+//! Otherwise, as PID 1 it would ignore SIGTERM too; so it exits on SIGTERM like a
+//! well-behaved app.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -16,8 +18,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 fn main() -> ExitCode {
-    exit_on_sigterm();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some("hang") {
+        exit_on_sigterm();
+    }
     match args
         .iter()
         .map(String::as_str)
@@ -26,11 +30,11 @@ fn main() -> ExitCode {
     {
         ["serve", port] => serve(port),
         ["probe", port] => probe(port),
-        ["sleep"] => loop {
+        ["sleep"] | ["hang"] => loop {
             std::thread::sleep(Duration::from_secs(3600));
         },
         _ => {
-            eprintln!("usage: testapp serve PORT | probe PORT | sleep");
+            eprintln!("usage: testapp serve PORT | probe PORT | sleep | hang");
             ExitCode::from(2)
         }
     }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 use woa_tests::{
-    AppDeployment, Cleanup, Deploy, DeployOptions, DesiredState, Registry, Throttle, containers,
-    http_get, new_deployment_id, testapp_image, wait_until,
+    AppDeployment, Cleanup, Deploy, DeployOptions, DesiredState, Registry, Throttle, answer,
+    containers, new_deployment_id, testapp_image, wait_answer, wait_until,
 };
 
 /// Long enough for a slow, busy machine; a passing test takes a few seconds.
@@ -31,25 +31,6 @@ fn revision(revision: &str, app: &AppDeployment, compose: String) -> DesiredStat
     DesiredState::new(revision)
         .deployment(app)
         .artifact(LOCATION, compose)
-}
-
-/// What the deployment's web container answers, if one answers.
-fn answer(deployment_id: &str) -> Result<String> {
-    let running = containers(deployment_id)?;
-    let web = running
-        .iter()
-        .find(|c| c.service() == "web" && c.state == "running")
-        .context("no running web container")?;
-    let port = web.host_port(8080).context("web publishes no port")?;
-    Ok(http_get(port, "/")?.1)
-}
-
-/// Waits until the deployment answers `message`.
-fn wait_answer(deployment_id: &str, message: &str) -> Result<()> {
-    wait_until(CONVERGE, || {
-        Ok(answer(deployment_id).ok().as_deref() == Some(message))
-    })
-    .with_context(|| format!("{deployment_id} never answered {message:?}"))
 }
 
 fn error_of(status: &Value) -> (String, String) {
