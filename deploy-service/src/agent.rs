@@ -159,10 +159,11 @@ impl<R: ContainerRuntime> Agent<R> {
         let desired = self.desired();
         // The same revision again changes nothing, unless a download failed: that is worth
         // another try, as the package server may be back.
-        let fetch_failed = desired
-            .deployments
-            .iter()
-            .any(|d| d.error.as_ref().is_some_and(|e| e.code == "ERR_PACKAGE"));
+        let fetch_failed = desired.deployments.iter().any(|d| {
+            d.error
+                .as_ref()
+                .is_some_and(|e| e.code == crate::error::code::PACKAGE)
+        });
         if !desired.revision.is_empty() && desired.revision == req.revision && !fetch_failed {
             return Ok(response(&desired, false));
         }
@@ -246,7 +247,11 @@ impl<R: ContainerRuntime> Agent<R> {
             track.hold = Some(rollout::Hold {
                 digest: wanted.digest.clone(),
                 revision: wanted.revision.clone(),
-                error: StatusError::new(rollout::ERR_REJECTED, &wanted.deployment.path, message),
+                error: StatusError::new(
+                    crate::error::code::REJECTED,
+                    &wanted.deployment.path,
+                    message,
+                ),
             });
         })
     }

@@ -150,14 +150,10 @@ impl DockerRuntime {
         let mut listed = std::collections::HashSet::new();
         for c in list {
             let Some(id) = c.id else { continue };
-            // The state and the health the status text ends with, e.g. "Up 2 hours (healthy)".
-            let key = format!(
-                "{}|{}",
-                c.state.map(|s| s.to_string()).unwrap_or_default(),
-                c.status
-                    .as_deref()
-                    .and_then(|s| s.rsplit_once('('))
-                    .map_or("", |(_, h)| h)
+            let state = c.state.map(|s| s.to_string()).unwrap_or_default();
+            let key = cache_key(
+                &state,
+                listed_health(c.status.as_deref().unwrap_or_default()),
             );
             let cached = self
                 .cache()
@@ -211,6 +207,24 @@ impl DockerRuntime {
             networks,
             volumes,
         })
+    }
+}
+
+/// What a cached inspection is valid for: the container's state and health.
+fn cache_key(state: &str, health: &str) -> String {
+    format!("{state}|{health}")
+}
+
+/// The health a container list entry's status text ends with, as an inspection names it:
+/// "Up 2 hours (healthy)", "(unhealthy)", "(health: starting)"; empty without a health check.
+fn listed_health(status: &str) -> &str {
+    let Some(open) = status.strip_suffix(')').and_then(|s| s.rsplit_once('(')) else {
+        return "";
+    };
+    match open.1 {
+        "health: starting" => "starting",
+        health @ ("healthy" | "unhealthy") => health,
+        _ => "",
     }
 }
 
@@ -336,7 +350,12 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn container(&self, name: &str) -> Result<Option<ObservedContainer>> {
-        self.inspect(name).await
+        let observed = self.inspect(name).await?;
+        if let Some(o) = &observed {
+            let key = cache_key(&o.state, &o.health);
+            self.cache().insert(o.id.clone(), (key, o.clone()));
+        }
+        Ok(observed)
     }
 
     async fn has_image(&self, image: &str) -> Result<bool> {
@@ -668,6 +687,16 @@ fn container_body(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn list_status_texts_give_the_health_an_inspection_reports() {
+        use super::listed_health;
+        assert_eq!(listed_health("Up 2 hours (healthy)"), "healthy");
+        assert_eq!(listed_health("Up 1 second (health: starting)"), "starting");
+        assert_eq!(listed_health("Up 5 minutes (unhealthy)"), "unhealthy");
+        assert_eq!(listed_health("Exited (0) 5 seconds ago"), "");
+        assert_eq!(listed_health("Up 3 seconds"), "");
+    }
+
     use super::{registry_of, with_tag};
 
     #[test]

@@ -98,6 +98,44 @@ pub enum Error {
     Setup(String),
 }
 
+/// The error codes woa-deploy reports in Margo status, in one place.
+pub mod code {
+    /// An ApplicationDeployment document is invalid.
+    pub const INVALID_DOCUMENT: &str = "ERR_INVALID_DOCUMENT";
+    /// The deployment profile is not run on this device.
+    pub const UNSUPPORTED_PROFILE: &str = "ERR_UNSUPPORTED_PROFILE";
+    /// A parameter targets an unknown component.
+    pub const INVALID_PARAMETER: &str = "ERR_INVALID_PARAMETER";
+    /// A package could not be fetched or unpacked.
+    pub const PACKAGE: &str = "ERR_PACKAGE";
+    /// A compose file is invalid or unsupported.
+    pub const INVALID_COMPOSE: &str = "ERR_INVALID_COMPOSE";
+    /// The device owner's policy refuses what a compose file asks for.
+    pub const POLICY: &str = "ERR_POLICY";
+    /// An image could not be pulled.
+    pub const IMAGE_PULL: &str = "ERR_IMAGE_PULL";
+    /// The container engine failed an operation.
+    pub const RUNTIME: &str = "ERR_RUNTIME";
+    /// A component did not become ready.
+    pub const NOT_READY: &str = "ERR_NOT_READY";
+    /// A container's health check fails.
+    pub const UNHEALTHY: &str = "ERR_UNHEALTHY";
+    /// A container exited with an error or keeps restarting.
+    pub const CONTAINER_EXITED: &str = "ERR_CONTAINER_EXITED";
+    /// Too little free disk space to pull images.
+    pub const DISK_SPACE: &str = "ERR_DISK_SPACE";
+    /// An operator request names no desired deployment.
+    pub const UNKNOWN_DEPLOYMENT: &str = "ERR_UNKNOWN_DEPLOYMENT";
+    /// An operator request does not fit the rollout.
+    pub const ROLLOUT: &str = "ERR_ROLLOUT";
+    /// A release failed and was rolled back, or was rolled back locally.
+    pub const ROLLED_BACK: &str = "ERR_ROLLED_BACK";
+    /// A release was rejected locally.
+    pub const REJECTED: &str = "ERR_REJECTED";
+    /// The service's own configuration or state is unusable.
+    pub const INTERNAL: &str = "ERR_INTERNAL";
+}
+
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -105,19 +143,19 @@ impl Error {
     /// The stable error code reported in Margo status.
     pub fn code(&self) -> &'static str {
         match self {
-            Error::Document(_) => "ERR_INVALID_DOCUMENT",
-            Error::UnsupportedProfile(_) => "ERR_UNSUPPORTED_PROFILE",
-            Error::ParameterTarget { .. } => "ERR_INVALID_PARAMETER",
-            Error::Package { .. } => "ERR_PACKAGE",
-            Error::Compose { .. } => "ERR_INVALID_COMPOSE",
-            Error::Policy { .. } => "ERR_POLICY",
-            Error::ImagePull { .. } => "ERR_IMAGE_PULL",
-            Error::Runtime { .. } => "ERR_RUNTIME",
-            Error::NotReady { .. } => "ERR_NOT_READY",
-            Error::DiskSpace { .. } => "ERR_DISK_SPACE",
-            Error::UnknownDeployment(_) => "ERR_UNKNOWN_DEPLOYMENT",
-            Error::Rollout { .. } => "ERR_ROLLOUT",
-            Error::Setup(_) => "ERR_INTERNAL",
+            Error::Document(_) => code::INVALID_DOCUMENT,
+            Error::UnsupportedProfile(_) => code::UNSUPPORTED_PROFILE,
+            Error::ParameterTarget { .. } => code::INVALID_PARAMETER,
+            Error::Package { .. } => code::PACKAGE,
+            Error::Compose { .. } => code::INVALID_COMPOSE,
+            Error::Policy { .. } => code::POLICY,
+            Error::ImagePull { .. } => code::IMAGE_PULL,
+            Error::Runtime { .. } => code::RUNTIME,
+            Error::NotReady { .. } => code::NOT_READY,
+            Error::DiskSpace { .. } => code::DISK_SPACE,
+            Error::UnknownDeployment(_) => code::UNKNOWN_DEPLOYMENT,
+            Error::Rollout { .. } => code::ROLLOUT,
+            Error::Setup(_) => code::INTERNAL,
         }
     }
 

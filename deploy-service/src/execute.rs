@@ -128,8 +128,12 @@ impl<R: ContainerRuntime> Agent<R> {
                 // and the next pass pulls it again.
                 tracing::info!(container = %plan.name, image = %plan.service.image, "creating container");
                 let Some(old) = replaces else {
+                    let t0 = Instant::now();
                     let id = self.runtime.create_container(plan).await?;
+                    let t1 = Instant::now();
                     self.runtime.start_container(&id).await?;
+                    let (create_ms, start_ms) = ((t1 - t0).as_millis(), t1.elapsed().as_millis());
+                    tracing::debug!(container = %plan.name, create_ms, start_ms, "container started");
                     return Ok(true);
                 };
                 // The replacement is created beside the old container first, so a spec the

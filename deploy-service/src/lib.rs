@@ -14,6 +14,8 @@ mod error;
 mod execute;
 mod gc;
 mod listener;
+#[cfg(test)]
+mod memory;
 mod metrics;
 pub mod operator;
 pub mod package;

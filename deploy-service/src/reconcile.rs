@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use futures_util::future::join_all;
 use woa_common::margo::StatusError;
 
 use crate::Result;
@@ -215,14 +216,11 @@ impl<R: ContainerRuntime> Agent<R> {
     /// Looks at the containers of component `c` under verification `v`.
     async fn poll(&self, d: &Deployment, c: &Component, v: &mut Verification) -> Poll {
         let plans = plan::container_plans(d, c);
-        let mut containers = Vec::with_capacity(plans.len());
-        for p in &plans {
-            match self.runtime.container(&p.name).await {
-                Ok(o) => containers.push(o),
-                // The engine did not answer: no verdict yet, the deadline still runs.
-                Err(_) => return Poll::Waiting,
-            }
-        }
+        let looks = join_all(plans.iter().map(|p| self.runtime.container(&p.name))).await;
+        // The engine did not answer: no verdict yet, the deadline still runs.
+        let Ok(containers) = looks.into_iter().collect::<Result<Vec<_>>>() else {
+            return Poll::Waiting;
+        };
         let Some(check) = v.checks.get_mut(&c.name) else {
             return Poll::Waiting;
         };

@@ -14,13 +14,9 @@ use woa_proto::v1 as pb;
 
 use crate::config::ImageGcConfig;
 use crate::desired::Deployment;
+use crate::error::code;
 use crate::spec::{BindSource, Mount, Service};
 
-/// Code of the status of a release that failed and was rolled back, or that the operator
-/// rolled back.
-pub const ERR_ROLLED_BACK: &str = "ERR_ROLLED_BACK";
-/// Code of the status of a release the site rejected.
-pub const ERR_REJECTED: &str = "ERR_REJECTED";
 /// Code of a pending release's reason: it waits for the site's approval.
 pub const AWAITING_APPROVAL: &str = "AWAITING_APPROVAL";
 /// Code of a pending release's reason: it waits for an apply window.
@@ -199,7 +195,7 @@ impl Track {
         // Only a rollback that happened is reported as one; a first release keeps its cause.
         let error = match &restored {
             Some(p) => StatusError::new(
-                ERR_ROLLED_BACK,
+                code::ROLLED_BACK,
                 &error.source,
                 format!(
                     "revision {} failed and was rolled back to revision {}: {}",
@@ -252,7 +248,7 @@ impl Track {
             self.hold = Some(Hold {
                 digest: left.digest,
                 revision: left.revision,
-                error: StatusError::new(ERR_ROLLED_BACK, "", message),
+                error: StatusError::new(code::ROLLED_BACK, "", message),
             });
         }
         self.phase = Phase::Restoring;
@@ -545,7 +541,7 @@ mod tests {
         assert_eq!(t.fail(&error).as_deref(), Some("good"));
         assert_eq!(t.phase, Phase::Restoring);
         let hold = t.hold.clone().unwrap();
-        assert_eq!(hold.error.code, ERR_ROLLED_BACK);
+        assert_eq!(hold.error.code, code::ROLLED_BACK);
         assert!(hold.error.message.contains("rolled back to revision good"));
         assert!(hold.error.message.contains("exited with code 1"));
         assert_eq!(t.offer(&bad, OPEN), Offer::Held(hold));

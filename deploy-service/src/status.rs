@@ -245,7 +245,7 @@ pub(crate) fn deployment_status(
                         state = DeploymentState::Failed;
                         error.get_or_insert_with(|| {
                             StatusError::new(
-                                "ERR_UNHEALTHY",
+                                crate::error::code::UNHEALTHY,
                                 &p.name,
                                 format!("container {} is unhealthy", p.name),
                             )
@@ -256,7 +256,7 @@ pub(crate) fn deployment_status(
                         state = DeploymentState::Failed;
                         error.get_or_insert_with(|| {
                             StatusError::new(
-                                "ERR_CONTAINER_EXITED",
+                                crate::error::code::CONTAINER_EXITED,
                                 &p.name,
                                 format!(
                                     "container {} exited with code {} (restarted {} times)",

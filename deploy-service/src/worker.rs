@@ -299,3 +299,130 @@ impl<R: ContainerRuntime> Agent<R> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use woa_proto::v1 as pb;
+
+    use super::*;
+    use crate::agent::AgentSettings;
+    use crate::config::RolloutConfig;
+    use crate::memory::Memory;
+    use crate::package::{PackageConfig, PackageFetcher};
+
+    const A: &str = "5f0c2d7e-1111-4a6b-9c1e-00000000000a";
+    const B: &str = "5f0c2d7e-1111-4a6b-9c1e-00000000000b";
+
+    fn start(memory: &Memory, dir: &tempfile::TempDir) -> Arc<Agent<Memory>> {
+        let settings = AgentSettings {
+            state_dir: dir.path().into(),
+            resync_interval: Duration::from_secs(30),
+            remove_volumes: false,
+            rollout: RolloutConfig {
+                settle: Duration::ZERO,
+                ..Default::default()
+            },
+            image_gc: Default::default(),
+            policy: Default::default(),
+        };
+        let fetcher = PackageFetcher::new(&PackageConfig::default()).unwrap();
+        let agent = Agent::new(memory.clone(), fetcher, settings).unwrap();
+        tokio::spawn(agent.clone().run(CancellationToken::new()));
+        agent
+    }
+
+    /// A desired state of the deployments `(id, compose file)`.
+    fn request(revision: &str, deployments: &[(&str, &str)]) -> pb::ApplyDesiredStateRequest {
+        let document = |id: &str| {
+            format!(
+                "apiVersion: application.margo.org/v1alpha1\nkind: ApplicationDeployment\n\
+                 id: {id}\nspec:\n  deploymentProfile:\n    type: compose\n    components:\n      \
+                 - name: app\n        properties:\n          packageLocation: {id}/compose.yaml\n"
+            )
+        };
+        pb::ApplyDesiredStateRequest {
+            revision: revision.into(),
+            deployments: (deployments.iter())
+                .map(|(id, _)| pb::DeploymentDocument {
+                    path: format!("{id}.yaml"),
+                    yaml: document(id).into(),
+                })
+                .collect(),
+            artifacts: (deployments.iter())
+                .map(|(id, compose)| (format!("{id}/compose.yaml"), compose.as_bytes().to_vec()))
+                .collect(),
+        }
+    }
+
+    const TWO: &str = "services:\n  db:\n    image: db:1\n  \
+                       api:\n    image: api:1\n    depends_on: [db]\n";
+    const ONE: &str = "services:\n  web:\n    image: web:1\n";
+
+    /// Waits until `id` is reported in `state`; returns its status.
+    async fn reported(
+        agent: &Agent<Memory>,
+        id: &str,
+        state: pb::DeploymentState,
+    ) -> pb::DeploymentStatus {
+        let mut watch = agent.watch();
+        let found = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let current = watch.borrow_and_update().clone();
+                let status = current
+                    .deployments
+                    .into_iter()
+                    .find(|d| d.deployment_id == id);
+                if let Some(s) = status.filter(|s| s.state() == state) {
+                    return s;
+                }
+                watch.changed().await.unwrap();
+            }
+        });
+        found
+            .await
+            .unwrap_or_else(|_| panic!("{id} never {state:?}"))
+    }
+
+    fn state_of(agent: &Agent<Memory>, id: &str) -> Option<pb::DeploymentState> {
+        let current = agent.watch().borrow().clone();
+        let status = current.deployments.iter().find(|d| d.deployment_id == id);
+        status.map(|s| s.state())
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_engine_fails_every_component_with_the_reason() {
+        let (memory, dir) = (Memory::default(), tempfile::tempdir().unwrap());
+        memory.set_down(true);
+        let agent = start(&memory, &dir);
+        let response = agent.apply(request("r1", &[(A, ONE)])).await.unwrap();
+        assert!(response.rejected.is_empty(), "{response:?}");
+        let status = reported(&agent, A, pb::DeploymentState::Failed).await;
+        let error = status.error.unwrap();
+        assert_eq!(error.code, "ERR_RUNTIME");
+        assert!(error.message.contains("engine down"), "{error:?}");
+
+        memory.set_down(false);
+        agent.workers.resync();
+        reported(&agent, A, pb::DeploymentState::Installed).await;
+    }
+
+    #[tokio::test]
+    async fn a_slow_removal_holds_up_no_other_deployment_and_stops_dependents_first() {
+        let (memory, dir) = (Memory::default(), tempfile::tempdir().unwrap());
+        let agent = start(&memory, &dir);
+        agent.apply(request("r1", &[(A, TWO)])).await.unwrap();
+        reported(&agent, A, pb::DeploymentState::Installed).await;
+
+        memory.slow_removal(A, Duration::from_secs(2));
+        agent.apply(request("r2", &[(B, ONE)])).await.unwrap();
+        reported(&agent, B, pb::DeploymentState::Installed).await;
+        assert_eq!(state_of(&agent, A), Some(pb::DeploymentState::Removing));
+        assert!(!memory.containers_of(A).is_empty());
+
+        reported(&agent, A, pb::DeploymentState::Removed).await;
+        assert!(memory.containers_of(A).is_empty());
+        let order = memory.removals();
+        assert_eq!(order, [format!("{A}_app_api"), format!("{A}_app_db")]);
+    }
+}
