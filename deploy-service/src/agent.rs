@@ -8,18 +8,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use woa_common::margo::StatusError;
+use woa_common::margo::{DeploymentState, StatusError};
 use woa_common::store;
-use woa_proto::v1 as pb;
 
 use crate::config::{Approval, ImageGcConfig, RolloutConfig};
 use crate::desired::{self, DesiredState};
 use crate::metrics::Metrics;
 use crate::package::PackageFetcher;
 use crate::policy::Policy;
-use crate::rollout::{self, Release, Tracks};
+use crate::rollout::{self, PendingApproval, Release, Tracks};
 use crate::runtime::ContainerRuntime;
-use crate::status::{Removal, rejected_documents, response};
+use crate::status::{
+    Applied, CurrentState, DeploymentStatus, DocumentError, Removal, applied, rejected_documents,
+};
 use crate::worker::Workers;
 use crate::{Error, Result};
 
@@ -57,7 +58,7 @@ pub struct Agent<R> {
     /// Images the agent pulled, with when (Unix seconds); only these are ever removed. Stored.
     pub(crate) pulled: Mutex<BTreeMap<String, u64>>,
     published: Mutex<Published>,
-    current: watch::Sender<pb::CurrentState>,
+    current: watch::Sender<CurrentState>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) workers: Workers,
 }
@@ -68,18 +69,18 @@ struct Published {
     revision: String,
     /// Desired deployments in document order: they are listed first, the others after.
     order: Vec<String>,
-    rejected: Vec<pb::DocumentError>,
-    statuses: BTreeMap<String, pb::DeploymentStatus>,
+    rejected: Vec<DocumentError>,
+    statuses: BTreeMap<String, DeploymentStatus>,
 }
 
 impl Published {
-    fn state(&self) -> pb::CurrentState {
+    fn state(&self) -> CurrentState {
         let desired: BTreeSet<&str> = self.order.iter().map(String::as_str).collect();
         let first = self.order.iter().filter_map(|id| self.statuses.get(id));
         let rest = (self.statuses.iter())
             .filter(|(id, _)| !desired.contains(id.as_str()))
             .map(|(_, s)| s);
-        pb::CurrentState {
+        CurrentState {
             revision: self.revision.clone(),
             deployments: first.chain(rest).cloned().collect(),
             rejected: self.rejected.clone(),
@@ -151,10 +152,7 @@ impl<R: ContainerRuntime> Agent<R> {
 
     /// Replaces the desired state; returns once it is stored. Re-applying the held revision
     /// does nothing.
-    pub async fn apply(
-        &self,
-        req: pb::ApplyDesiredStateRequest,
-    ) -> Result<pb::ApplyDesiredStateResponse> {
+    pub async fn apply(&self, incoming: desired::Incoming) -> Result<Applied> {
         let _applying = self.applying.lock().await;
         let desired = self.desired();
         // The same revision again changes nothing, unless a download failed: that is worth
@@ -164,19 +162,11 @@ impl<R: ContainerRuntime> Agent<R> {
                 .as_ref()
                 .is_some_and(|e| e.code == crate::error::code::PACKAGE)
         });
-        if !desired.revision.is_empty() && desired.revision == req.revision && !fetch_failed {
-            return Ok(response(&desired, false));
+        if !desired.revision.is_empty() && desired.revision == incoming.revision && !fetch_failed {
+            return Ok(applied(&desired, false));
         }
-        let documents: Vec<(String, Vec<u8>)> = req
-            .deployments
-            .into_iter()
-            .map(|d| (d.path, d.yaml))
-            .collect();
-        let artifacts: BTreeMap<String, Vec<u8>> = req.artifacts.into_iter().collect();
         let next = desired::resolve(
-            &req.revision,
-            &documents,
-            &artifacts,
+            &incoming,
             &desired,
             &self.fetcher,
             &self.settings.policy,
@@ -186,7 +176,7 @@ impl<R: ContainerRuntime> Agent<R> {
         store::save_json(&self.settings.state_dir.join("desired.json"), &next)
             .map_err(|e| Error::Setup(format!("storing desired state: {e}")))?;
         tracing::info!(revision = %next.revision, deployments = next.deployments.len(), rejected = next.rejected.len(), "desired state stored");
-        let response = response(&next, true);
+        let response = applied(&next, true);
         {
             let mut published = lock(&self.published);
             published.revision = next.revision.clone();
@@ -201,7 +191,7 @@ impl<R: ContainerRuntime> Agent<R> {
     }
 
     /// Releases waiting for the site's approval, with what each changes.
-    pub async fn pending_approvals(&self) -> Vec<pb::PendingApproval> {
+    pub async fn pending_approvals(&self) -> Vec<PendingApproval> {
         let desired = self.desired();
         let tracks = lock(&self.tracks);
         let rollout = &self.settings.rollout;
@@ -216,7 +206,7 @@ impl<R: ContainerRuntime> Agent<R> {
                     return None;
                 }
                 let current = track.and_then(|t| t.current.as_ref());
-                Some(pb::PendingApproval {
+                Some(PendingApproval {
                     deployment_id: d.id.clone(),
                     application_id: d.application_id.clone(),
                     revision: desired.revision.clone(),
@@ -273,7 +263,7 @@ impl<R: ContainerRuntime> Agent<R> {
             message,
         };
         let manual = self.settings.rollout.approval_of(deployment) == Approval::Manual;
-        self.update_tracks(|tracks| {
+        self.update_track(deployment, |tracks| {
             let track = tracks.entry(deployment.to_string()).or_default();
             if d.error.is_some() || !manual || !track.awaits_approval(&wanted) {
                 return Err(rollout("has no release awaiting approval".into()));
@@ -295,7 +285,7 @@ impl<R: ContainerRuntime> Agent<R> {
 
     /// Goes back to the previous installed release of `deployment`. Returns its revision.
     pub async fn roll_back(&self, deployment: &str) -> Result<String> {
-        let revision = self.update_tracks(|tracks| {
+        let revision = self.update_track(deployment, |tracks| {
             let track = tracks
                 .get_mut(deployment)
                 .ok_or_else(|| Error::UnknownDeployment(deployment.to_string()))?;
@@ -312,7 +302,7 @@ impl<R: ContainerRuntime> Agent<R> {
 
     /// Lets the held release of `deployment` apply again. Returns it.
     pub async fn retry(&self, deployment: &str) -> Result<String> {
-        let release = self.update_tracks(|tracks| {
+        let release = self.update_track(deployment, |tracks| {
             let track = tracks
                 .get_mut(deployment)
                 .ok_or_else(|| Error::UnknownDeployment(deployment.to_string()))?;
@@ -327,7 +317,7 @@ impl<R: ContainerRuntime> Agent<R> {
     }
 
     /// Subscribes to the current state.
-    pub fn watch(&self) -> watch::Receiver<pb::CurrentState> {
+    pub(crate) fn watch(&self) -> watch::Receiver<CurrentState> {
         self.current.subscribe()
     }
 
@@ -336,12 +326,13 @@ impl<R: ContainerRuntime> Agent<R> {
         lock(&self.tracks).get(id).cloned()
     }
 
-    /// Updates the rollout records with `f`, storing them when they changed.
-    pub(crate) fn update_tracks<T>(&self, f: impl FnOnce(&mut Tracks) -> T) -> Result<T> {
+    /// Updates the rollout record of `id` with `f` (which touches no other), storing the
+    /// records when it changed.
+    pub(crate) fn update_track<T>(&self, id: &str, f: impl FnOnce(&mut Tracks) -> T) -> Result<T> {
         let mut tracks = lock(&self.tracks);
-        let before = tracks.clone();
+        let before = tracks.get(id).cloned();
         let out = f(&mut tracks);
-        if *tracks != before {
+        if tracks.get(id) != before.as_ref() {
             self.store_tracks(&tracks)?;
         }
         Ok(out)
@@ -358,7 +349,7 @@ impl<R: ContainerRuntime> Agent<R> {
     }
 
     /// What was last published for deployment `id`.
-    pub(crate) fn reported(&self, id: &str) -> Option<pb::DeploymentStatus> {
+    pub(crate) fn reported(&self, id: &str) -> Option<DeploymentStatus> {
         lock(&self.published).statuses.get(id).cloned()
     }
 
@@ -366,14 +357,14 @@ impl<R: ContainerRuntime> Agent<R> {
     pub(crate) fn reported_ids(&self) -> Vec<String> {
         let published = lock(&self.published);
         (published.statuses.iter())
-            .filter(|(_, s)| s.state() != pb::DeploymentState::Removed)
+            .filter(|(_, s)| s.state != DeploymentState::Removed)
             .map(|(id, _)| id.clone())
             .collect()
     }
 
     /// Publishes the status of deployment `id` (`None`: it is not reported), telling watchers
     /// when the current state changed.
-    pub(crate) fn publish(&self, id: &str, status: Option<pb::DeploymentStatus>) {
+    pub(crate) fn publish(&self, id: &str, status: Option<DeploymentStatus>) {
         let mut published = lock(&self.published);
         if published.statuses.get(id) == status.as_ref() {
             return;

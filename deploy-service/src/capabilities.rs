@@ -1,66 +1,37 @@
 //! Device capabilities: probed from the engine and the host, overridable from config.
 
-use woa_common::margo::{self, Cpu, DeviceCapabilitiesManifest, DeviceProperties, Interface};
-use woa_proto::v1 as pb;
+use woa_common::margo::{self, Cpu, DeviceProperties, Interface};
 
 use crate::config::DeviceOverrides;
 use crate::runtime::EngineFacts;
 
 /// The capabilities of this device.
-pub fn probe(facts: &EngineFacts, device: &DeviceOverrides) -> pb::DeviceCapabilities {
+pub fn probe(facts: &EngineFacts, device: &DeviceOverrides) -> DeviceProperties {
     let or = |v: &str, default: String| if v.is_empty() { default } else { v.to_string() };
-    let id = or(
-        &device.id,
-        read_trimmed("/etc/hostname").unwrap_or_default(),
-    );
-    let frequency_ghz = cpu_mhz().map(|mhz| (mhz / 100.0).round() / 10.0);
-    let interfaces = network_interfaces();
-    let storage = disk_bytes("/").map(margo::binary_size).unwrap_or_default();
-    let properties = DeviceProperties {
-        id: id.clone(),
+    DeviceProperties {
+        id: or(
+            &device.id,
+            read_trimmed("/etc/hostname").unwrap_or_default(),
+        ),
         vendor: device.vendor.clone(),
         model_number: device.model_number.clone(),
         serial_number: device.serial_number.clone(),
         cpus: vec![Cpu {
             architecture: facts.architecture.clone(),
             cores: facts.cpus,
-            frequency: frequency_ghz,
+            frequency: cpu_mhz().map(|mhz| (mhz / 100.0).round() / 10.0),
         }],
         memory: margo::binary_size(facts.memory_bytes),
-        storage: storage.clone(),
+        storage: disk_bytes("/").map(margo::binary_size).unwrap_or_default(),
         peripherals: vec![],
-        interfaces: interfaces
-            .iter()
+        interfaces: (network_interfaces().into_iter())
             .map(|(kind, name)| Interface {
-                kind: kind.clone(),
-                name: Some(name.clone()),
+                kind,
+                name: Some(name),
             })
             .collect(),
         supported_runtimes: vec![facts.runtime.clone()],
         supported_deployment_types: vec!["compose".into()],
-    };
-    let manifest_json = serde_json::to_string(&DeviceCapabilitiesManifest::new(properties.clone()))
-        .unwrap_or_default();
-    pb::DeviceCapabilities {
-        id,
-        vendor: properties.vendor,
-        model_number: properties.model_number,
-        serial_number: properties.serial_number,
-        cpus: vec![pb::Cpu {
-            architecture: facts.architecture.clone(),
-            cores: facts.cpus,
-            frequency_ghz: frequency_ghz.unwrap_or(0.0),
-        }],
-        memory: properties.memory,
-        storage,
-        peripherals: vec![],
-        interfaces: interfaces
-            .into_iter()
-            .map(|(kind, name)| pb::NetworkInterface { r#type: kind, name })
-            .collect(),
-        supported_runtimes: properties.supported_runtimes,
-        supported_deployment_types: properties.supported_deployment_types,
-        manifest_json,
     }
 }
 

@@ -82,22 +82,32 @@ pub fn status_error(e: &Error) -> StatusError {
     StatusError::new(e.code(), e.source_ref(), e.to_string())
 }
 
-/// Resolves `documents` (path, YAML) at `revision` against the `previous` state.
+/// A desired state as it arrives, before it is resolved.
+#[derive(Debug, Clone, Default)]
+pub struct Incoming {
+    /// The revision of the desired-state repository.
+    pub revision: String,
+    /// Deployment documents: (repository path, YAML).
+    pub documents: Vec<(String, Vec<u8>)>,
+    /// Repository files the documents reference, by path.
+    pub artifacts: BTreeMap<String, Vec<u8>>,
+}
+
+/// Resolves `incoming` against the `previous` state.
 pub async fn resolve(
-    revision: &str,
-    documents: &[(String, Vec<u8>)],
-    artifacts: &BTreeMap<String, Vec<u8>>,
+    incoming: &Incoming,
     previous: &DesiredState,
     fetcher: &PackageFetcher,
     policy: &Policy,
     packages_dir: &Path,
 ) -> DesiredState {
+    let artifacts = &incoming.artifacts;
     let mut state = DesiredState {
-        revision: revision.to_string(),
+        revision: incoming.revision.clone(),
         ..Default::default()
     };
     let mut seen = BTreeSet::new();
-    for (path, yaml) in documents {
+    for (path, yaml) in &incoming.documents {
         let parsed = margo::parse_deployment(path, yaml).map_err(Error::from);
         let id = match &parsed {
             Ok(d) => Some(d.id.clone()),
@@ -120,9 +130,11 @@ pub async fn resolve(
             continue;
         };
         if !seen.insert(id.clone()) {
-            let e = Error::Setup(format!(
-                "{path}: deployment id {id} is used by another document"
-            ));
+            let e = Error::Document(woa_common::Error::Document {
+                path: path.clone(),
+                field: "id".into(),
+                message: format!("deployment id {id} is used by another document"),
+            });
             state.rejected.push(Rejected {
                 path: path.clone(),
                 error: status_error(&e),

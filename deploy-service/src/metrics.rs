@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use woa_proto::v1 as pb;
+use woa_common::margo::DeploymentState;
 
+use crate::status::CurrentState;
 use crate::{Error, Result};
 
 /// Counters the agent updates.
@@ -49,7 +50,7 @@ impl Metrics {
     }
 
     /// The text exposition, with deployments counted by state from `current`.
-    pub fn render(&self, current: &pb::CurrentState) -> String {
+    pub(crate) fn render(&self, current: &CurrentState) -> String {
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, value: u64| {
             let _ = write!(
@@ -93,33 +94,27 @@ impl Metrics {
              # TYPE woa_deploy_deployments gauge\n",
         );
         for state in [
-            pb::DeploymentState::Pending,
-            pb::DeploymentState::Installing,
-            pb::DeploymentState::Installed,
-            pb::DeploymentState::Failed,
-            pb::DeploymentState::Removing,
-            pb::DeploymentState::Removed,
+            DeploymentState::Pending,
+            DeploymentState::Installing,
+            DeploymentState::Installed,
+            DeploymentState::Failed,
+            DeploymentState::Removing,
+            DeploymentState::Removed,
         ] {
-            let n = current
-                .deployments
-                .iter()
-                .filter(|d| d.state() == state)
+            let n = (current.deployments.iter())
+                .filter(|d| d.state == state)
                 .count();
-            let label = state
-                .as_str_name()
-                .trim_start_matches("DEPLOYMENT_STATE_")
-                .to_lowercase();
-            let _ = writeln!(out, "woa_deploy_deployments{{state=\"{label}\"}} {n}");
+            let _ = writeln!(out, "woa_deploy_deployments{{state=\"{state}\"}} {n}");
         }
         out
     }
 }
 
 /// Serves `GET /metrics` on `listener` until `cancel`.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     metrics: std::sync::Arc<Metrics>,
-    current: watch::Receiver<pb::CurrentState>,
+    current: watch::Receiver<CurrentState>,
     cancel: CancellationToken,
 ) -> Result<()> {
     let app = axum::Router::new().route(
@@ -144,11 +139,9 @@ mod tests {
         let m = Metrics::default();
         m.pass(true, 1500);
         m.pass(false, 0);
-        let current = pb::CurrentState {
-            deployments: vec![pb::DeploymentStatus {
-                state: pb::DeploymentState::Installed as i32,
-                ..Default::default()
-            }],
+        let installed = crate::status::status("d", "", "r1", "", None, vec![]);
+        let current = CurrentState {
+            deployments: vec![installed],
             ..Default::default()
         };
         let text = m.render(&current);

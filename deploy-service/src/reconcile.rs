@@ -130,7 +130,10 @@ impl<R: ContainerRuntime> Agent<R> {
             _ => Action::Await,
         };
         local.errors = failed;
-        let observed = self.runtime.observe_deployment(id).await?;
+        let observed = match changes {
+            true => self.runtime.observe_deployment(id).await?,
+            false => observed,
+        };
         self.publish_desired(&desired, d, &observed, local);
         Ok(action)
     }
@@ -254,7 +257,7 @@ impl<R: ContainerRuntime> Agent<R> {
             return Ok(Action::Requeue(CHECK_EVERY));
         }
         let digest = verifying.digest;
-        let concluded = self.update_tracks(|tracks| {
+        let concluded = self.update_track(&d.id, |tracks| {
             // The operator may have rolled back meanwhile: conclude only what was verified.
             let track = tracks
                 .get_mut(&d.id)
@@ -313,7 +316,7 @@ impl<R: ContainerRuntime> Agent<R> {
             manual: rollout.approval_of(&d.id) == Approval::Manual,
             window_closed: next_window.as_ref().map(|at| at.as_deref()),
         };
-        let offer = self.update_tracks(|tracks| {
+        let offer = self.update_track(&d.id, |tracks| {
             tracks
                 .entry(d.id.clone())
                 .or_default()
@@ -335,7 +338,7 @@ impl<R: ContainerRuntime> Agent<R> {
         observed: &Observed,
         local: &mut Local,
     ) -> Result<Action> {
-        self.update_tracks(|tracks| tracks.remove(id))?;
+        self.update_track(id, |tracks| tracks.remove(id))?;
         local.offer = None;
         local.verifying = None;
         let reported = self.reported(id);

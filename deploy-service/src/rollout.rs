@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use woa_common::margo::StatusError;
-use woa_proto::v1 as pb;
 
 use crate::config::ImageGcConfig;
 use crate::desired::Deployment;
@@ -299,15 +298,43 @@ pub fn short(revision: &str) -> &str {
     revision.get(..12).unwrap_or(revision)
 }
 
+/// A release waiting for the site's approval, with what it changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingApproval {
+    pub deployment_id: String,
+    pub application_id: String,
+    pub revision: String,
+    /// The digest an approval must name.
+    pub release: String,
+    /// The revision running now; empty for a new deployment.
+    pub current_revision: String,
+    pub changes: Vec<Change>,
+    pub path: String,
+}
+
+/// One difference between the running release and the pending one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub component: String,
+    /// Empty when the whole component is added or removed.
+    pub service: String,
+    /// `added`, `removed` or `changed`.
+    pub kind: &'static str,
+    /// `component`, `service`, `image`, `environment.KEY`, ...
+    pub field: String,
+    pub old: String,
+    pub new: String,
+}
+
 /// What applying `next` changes against `current` (none: a new deployment).
-pub fn changes(current: Option<&Deployment>, next: &Deployment) -> Vec<pb::Change> {
+pub fn changes(current: Option<&Deployment>, next: &Deployment) -> Vec<Change> {
     let mut out = Vec::new();
     let empty = Vec::new();
     let before = current.map_or(&empty, |d| &d.components);
-    let change = |component: &str, service: &str, kind: &str, field: &str, old, new| pb::Change {
+    let change = |component: &str, service: &str, kind, field: &str, old, new| Change {
         component: component.to_string(),
         service: service.to_string(),
-        kind: kind.to_string(),
+        kind,
         field: field.to_string(),
         old,
         new,
@@ -660,7 +687,7 @@ mod tests {
             .iter()
             .map(|c| {
                 (
-                    c.kind.clone(),
+                    c.kind.to_string(),
                     c.field.clone(),
                     c.old.clone(),
                     c.new.clone(),

@@ -23,6 +23,8 @@ use crate::listener::{Limits, Listener};
 use crate::runtime::ContainerRuntime;
 use crate::{Error, Result};
 
+mod convert;
+
 /// Largest accepted request: a desired state with its referenced repository files.
 const MAX_REQUEST_BYTES: usize = 64 << 20;
 
@@ -78,18 +80,16 @@ impl<R: ContainerRuntime> DeploymentService for Api<R> {
         if request.revision.is_empty() {
             return Err(Status::invalid_argument("revision is required"));
         }
-        self.agent
-            .apply(request)
-            .await
-            .map(Response::new)
-            .map_err(to_status)
+        let applied = self.agent.apply(convert::incoming(request)).await;
+        Ok(Response::new(convert::applied(applied.map_err(to_status)?)))
     }
 
     async fn get_current_state(
         &self,
         _: Request<pb::GetCurrentStateRequest>,
     ) -> Result<Response<pb::CurrentState>, Status> {
-        Ok(Response::new(self.agent.watch().borrow().clone()))
+        let state = convert::current_state(&self.agent.watch().borrow());
+        Ok(Response::new(state))
     }
 
     type WatchCurrentStateStream = StateStream;
@@ -99,7 +99,7 @@ impl<R: ContainerRuntime> DeploymentService for Api<R> {
         _: Request<pb::WatchCurrentStateRequest>,
     ) -> Result<Response<StateStream>, Status> {
         let stream = WatchStream::new(self.agent.watch())
-            .map(Ok)
+            .map(|state| Ok(convert::current_state(&state)))
             .take_until(self.cancel.clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))
     }
@@ -109,7 +109,8 @@ impl<R: ContainerRuntime> DeploymentService for Api<R> {
         _: Request<pb::GetCapabilitiesRequest>,
     ) -> Result<Response<pb::DeviceCapabilities>, Status> {
         let facts = self.agent.runtime().facts().await.map_err(to_status)?;
-        Ok(Response::new(capabilities::probe(&facts, &self.device)))
+        let properties = capabilities::probe(&facts, &self.device);
+        Ok(Response::new(convert::capabilities(properties)))
     }
 
     async fn list_pending_approvals(
@@ -117,7 +118,9 @@ impl<R: ContainerRuntime> DeploymentService for Api<R> {
         _: Request<pb::ListPendingApprovalsRequest>,
     ) -> Result<Response<pb::ListPendingApprovalsResponse>, Status> {
         let pending = self.agent.pending_approvals().await;
-        Ok(Response::new(pb::ListPendingApprovalsResponse { pending }))
+        Ok(Response::new(pb::ListPendingApprovalsResponse {
+            pending: pending.into_iter().map(convert::pending_approval).collect(),
+        }))
     }
 
     async fn approve(

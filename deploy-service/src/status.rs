@@ -1,15 +1,79 @@
 //! The status woa-deploy reports: pure functions from the desired state, the rollout records
-//! and what the engine runs to the `CurrentState` the contract carries.
+//! and what the engine runs to the current state; `server` turns it into the contract's shape.
 
 use std::collections::{BTreeMap, HashMap};
 
-use woa_common::margo::{ComponentStatus, DeploymentState, DeploymentStatusManifest, StatusError};
-use woa_proto::v1 as pb;
+use woa_common::margo::{DeploymentState, StatusError};
 
 use crate::desired::{self, Deployment, DesiredState};
 use crate::plan;
 use crate::rollout::{self, Offer, Phase};
 use crate::runtime::{Observed, ObservedContainer, Owner};
+
+/// What runs, deployment by deployment, at the desired revision.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct CurrentState {
+    pub(crate) revision: String,
+    pub(crate) deployments: Vec<DeploymentStatus>,
+    /// Documents that could not name a deployment.
+    pub(crate) rejected: Vec<DocumentError>,
+}
+
+/// The status of one deployment.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct DeploymentStatus {
+    pub(crate) deployment_id: String,
+    pub(crate) application_id: String,
+    pub(crate) revision: String,
+    /// The most severe state of its components.
+    pub(crate) state: DeploymentState,
+    /// The document's error, else the first failing component's.
+    pub(crate) error: Option<StatusError>,
+    pub(crate) components: Vec<ComponentStatus>,
+    /// The document it came from.
+    pub(crate) path: String,
+}
+
+/// The status of one component, with its containers.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ComponentStatus {
+    pub(crate) name: String,
+    pub(crate) state: DeploymentState,
+    pub(crate) error: Option<StatusError>,
+    pub(crate) containers: Vec<ContainerStatus>,
+}
+
+/// One container as the engine reports it (`state` is `missing` for one not created yet).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct ContainerStatus {
+    pub(crate) name: String,
+    pub(crate) id: String,
+    pub(crate) image: String,
+    pub(crate) service: String,
+    pub(crate) state: String,
+    pub(crate) health: String,
+    pub(crate) restart_count: u32,
+    pub(crate) exit_code: i64,
+}
+
+/// A document that was refused, with the deployment it names if it names one.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct DocumentError {
+    pub(crate) path: String,
+    pub(crate) deployment_id: String,
+    pub(crate) error: StatusError,
+}
+
+/// The answer to storing a desired state.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Applied {
+    pub(crate) revision: String,
+    /// False when the revision was already held.
+    pub(crate) changed: bool,
+    /// Deployments whose documents were usable.
+    pub(crate) accepted: Vec<String>,
+    pub(crate) rejected: Vec<DocumentError>,
+}
 
 /// A deployment that was removed: the revision that left it out, and its components then.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -50,15 +114,12 @@ impl From<StoredRemoval> for Removal {
 
 impl Removal {
     /// The status reported for the removed deployment `id`.
-    pub(crate) fn status(&self, id: &str) -> pb::DeploymentStatus {
-        let components = self
-            .components
-            .iter()
-            .map(|name| (name.clone(), DeploymentState::Removed, None, vec![]))
+    pub(crate) fn status(&self, id: &str) -> DeploymentStatus {
+        let components = (self.components.iter())
+            .map(|name| component(name, DeploymentState::Removed, None, vec![]))
             .collect();
         let mut s = status(id, "", &self.revision, "", None, components);
-        s.state = pb::DeploymentState::Removed as i32;
-        s.manifest_json = manifest_json(&s, DeploymentState::Removed);
+        s.state = DeploymentState::Removed;
         s
     }
 }
@@ -72,10 +133,10 @@ pub(crate) fn leaving(
     revision: &str,
     observed: &Observed,
     removal: Option<Removal>,
-    reported: Option<pb::DeploymentStatus>,
-) -> (Option<Removal>, Option<pb::DeploymentStatus>) {
+    reported: Option<DeploymentStatus>,
+) -> (Option<Removal>, Option<DeploymentStatus>) {
     if !observed.containers.is_empty() {
-        let mut by_component: BTreeMap<&str, Vec<pb::ContainerStatus>> = BTreeMap::new();
+        let mut by_component: BTreeMap<&str, Vec<ContainerStatus>> = BTreeMap::new();
         for c in &observed.containers {
             by_component
                 .entry(&c.owner.component)
@@ -88,16 +149,13 @@ pub(crate) fn leaving(
         };
         let components = by_component
             .into_iter()
-            .map(|(name, containers)| {
-                let state = DeploymentState::Removing;
-                (name.to_string(), state, None, containers)
-            })
+            .map(|(name, containers)| component(name, DeploymentState::Removing, None, containers))
             .collect();
         let shown = status(id, "", revision, "", None, components);
         return (Some(removal), Some(shown));
     }
     let removal = removal.or_else(|| {
-        let reported = reported.filter(|s| s.state() != pb::DeploymentState::Removed)?;
+        let reported = reported.filter(|s| s.state != DeploymentState::Removed)?;
         Some(Removal {
             revision: revision.to_string(),
             components: reported.components.iter().map(|c| c.name.clone()).collect(),
@@ -115,11 +173,10 @@ pub(crate) fn release_status(
     (track, offer): (Option<&rollout::Track>, Option<&Offer>),
     observed: &Observed,
     errors: &HashMap<Owner, StatusError>,
-) -> pb::DeploymentStatus {
+) -> DeploymentStatus {
     let every_component = |state| {
-        d.component_names
-            .iter()
-            .map(|name| (name.clone(), state, None, vec![]))
+        (d.component_names.iter())
+            .map(|name| component(name, state, None, vec![]))
             .collect()
     };
     let (id, app, path) = (&d.id, &d.application_id, &d.path);
@@ -156,12 +213,12 @@ pub(crate) fn release_status(
         // Up, but not settled yet.
         Some(t) if matches!(t.phase, Phase::Rolling | Phase::Restoring) => {
             for c in &mut s.components {
-                if c.state() == pb::DeploymentState::Installed {
-                    c.state = pb::DeploymentState::Installing as i32;
+                if c.state == DeploymentState::Installed {
+                    c.state = DeploymentState::Installing;
                 }
             }
-            if s.state() == pb::DeploymentState::Installed {
-                s.state = pb::DeploymentState::Installing as i32;
+            if s.state == DeploymentState::Installed {
+                s.state = DeploymentState::Installing;
             }
         }
         Some(rollout::Track {
@@ -169,37 +226,36 @@ pub(crate) fn release_status(
             hold: Some(hold),
             ..
         }) => {
-            s.state = pb::DeploymentState::Failed as i32;
-            s.error = Some(pb_error(&hold.error));
+            s.state = DeploymentState::Failed;
+            s.error = Some(hold.error.clone());
         }
-        _ => return s,
+        _ => {}
     }
-    s.manifest_json = manifest_json(&s, margo_state(s.state()));
     s
 }
 
 /// Documents of `d` that could not name a deployment.
-pub(crate) fn rejected_documents(d: &DesiredState) -> Vec<pb::DocumentError> {
-    d.rejected
-        .iter()
-        .map(|r| pb::DocumentError {
+pub(crate) fn rejected_documents(d: &DesiredState) -> Vec<DocumentError> {
+    (d.rejected.iter())
+        .map(|r| DocumentError {
             path: r.path.clone(),
             deployment_id: String::new(),
-            error: Some(pb_error(&r.error)),
+            error: r.error.clone(),
         })
         .collect()
 }
 
-pub(crate) fn response(d: &DesiredState, changed: bool) -> pb::ApplyDesiredStateResponse {
+/// The answer to storing `d`: which documents were usable, and why the others were not.
+pub(crate) fn applied(d: &DesiredState, changed: bool) -> Applied {
     let mut rejected = rejected_documents(d);
     rejected.extend(d.deployments.iter().filter_map(|dep| {
-        Some(pb::DocumentError {
+        Some(DocumentError {
             path: dep.path.clone(),
             deployment_id: dep.id.clone(),
-            error: Some(pb_error(dep.error.as_ref()?)),
+            error: dep.error.clone()?,
         })
     }));
-    pb::ApplyDesiredStateResponse {
+    Applied {
         revision: d.revision.clone(),
         changed,
         accepted: d
@@ -212,20 +268,13 @@ pub(crate) fn response(d: &DesiredState, changed: bool) -> pb::ApplyDesiredState
     }
 }
 
-pub(crate) type ComponentRow = (
-    String,
-    DeploymentState,
-    Option<StatusError>,
-    Vec<pb::ContainerStatus>,
-);
-
 pub(crate) fn deployment_status(
     d: &desired::Deployment,
     revision: &str,
     observed: &Observed,
     errors: &HashMap<Owner, StatusError>,
-) -> pb::DeploymentStatus {
-    let mut components: Vec<ComponentRow> = Vec::new();
+) -> DeploymentStatus {
+    let mut components: Vec<ComponentStatus> = Vec::new();
     for c in &d.components {
         let owner = Owner {
             deployment: d.id.clone(),
@@ -270,7 +319,7 @@ pub(crate) fn deployment_status(
                 }
                 None => {
                     state = state.max_severity(DeploymentState::Installing);
-                    containers.push(pb::ContainerStatus {
+                    containers.push(ContainerStatus {
                         name: p.name.clone(),
                         image: p.service.image.clone(),
                         service: p.service.name.clone(),
@@ -283,19 +332,19 @@ pub(crate) fn deployment_status(
         if error.is_some() {
             state = DeploymentState::Failed;
         }
-        components.push((c.name.clone(), state, error, containers));
+        components.push(component(&c.name, state, error, containers));
     }
     // The newest document could not be used: its components fail with the document's error
     // while the last good spec (if any) keeps running.
     if let Some(e) = &d.error {
         for name in &d.component_names {
-            match components.iter_mut().find(|c| &c.0 == name) {
+            match components.iter_mut().find(|c| &c.name == name) {
                 Some(c) => {
-                    c.1 = DeploymentState::Failed;
-                    c.2 = Some(e.clone());
+                    c.state = DeploymentState::Failed;
+                    c.error = Some(e.clone());
                 }
-                None => components.push((
-                    name.clone(),
+                None => components.push(component(
+                    name,
                     DeploymentState::Failed,
                     Some(e.clone()),
                     vec![],
@@ -323,15 +372,29 @@ impl Severity for DeploymentState {
     }
 }
 
+fn component(
+    name: &str,
+    state: DeploymentState,
+    error: Option<StatusError>,
+    containers: Vec<ContainerStatus>,
+) -> ComponentStatus {
+    ComponentStatus {
+        name: name.to_string(),
+        state,
+        error,
+        containers,
+    }
+}
+
 pub(crate) fn status(
     id: &str,
     application_id: &str,
     revision: &str,
     path: &str,
     error: Option<StatusError>,
-    components: Vec<ComponentRow>,
-) -> pb::DeploymentStatus {
-    let overall = DeploymentState::most_severe(components.iter().map(|c| c.1)).unwrap_or(
+    components: Vec<ComponentStatus>,
+) -> DeploymentStatus {
+    let overall = DeploymentState::most_severe(components.iter().map(|c| c.state)).unwrap_or(
         if error.is_some() {
             DeploymentState::Failed
         } else {
@@ -339,55 +402,20 @@ pub(crate) fn status(
         },
     );
     // The overall error: the document's, else the first failing component's.
-    let error = error.or_else(|| components.iter().find_map(|c| c.2.clone()));
-    let mut s = pb::DeploymentStatus {
+    let error = error.or_else(|| components.iter().find_map(|c| c.error.clone()));
+    DeploymentStatus {
         deployment_id: id.to_string(),
         application_id: application_id.to_string(),
         revision: revision.to_string(),
-        state: pb_state(overall) as i32,
-        error: error.as_ref().map(pb_error),
-        components: components
-            .into_iter()
-            .map(|(name, state, error, containers)| pb::ComponentStatus {
-                name,
-                state: pb_state(state) as i32,
-                error: error.as_ref().map(pb_error),
-                containers,
-            })
-            .collect(),
-        path: path.to_string(),
-        manifest_json: String::new(),
-    };
-    s.manifest_json = manifest_json(&s, overall);
-    s
-}
-
-pub(crate) fn manifest_json(s: &pb::DeploymentStatus, overall: DeploymentState) -> String {
-    let margo_error = |e: &Option<pb::Error>| {
-        e.as_ref()
-            .map(|e| StatusError::new(&e.code, &e.source, &e.message))
-    };
-    let components = s
-        .components
-        .iter()
-        .map(|c| ComponentStatus {
-            name: c.name.clone(),
-            state: margo_state(c.state()),
-            error: margo_error(&c.error),
-        })
-        .collect();
-    let manifest = DeploymentStatusManifest::new(
-        &s.deployment_id,
-        &s.revision,
-        overall,
-        margo_error(&s.error),
+        state: overall,
+        error,
         components,
-    );
-    serde_json::to_string(&manifest).unwrap_or_default()
+        path: path.to_string(),
+    }
 }
 
-pub(crate) fn container_status(c: &ObservedContainer) -> pb::ContainerStatus {
-    pb::ContainerStatus {
+pub(crate) fn container_status(c: &ObservedContainer) -> ContainerStatus {
+    ContainerStatus {
         name: c.name.clone(),
         id: c.id.clone(),
         image: c.image.clone(),
@@ -396,36 +424,6 @@ pub(crate) fn container_status(c: &ObservedContainer) -> pb::ContainerStatus {
         health: c.health.clone(),
         restart_count: c.restart_count,
         exit_code: c.exit_code,
-    }
-}
-
-pub(crate) fn pb_error(e: &StatusError) -> pb::Error {
-    pb::Error {
-        code: e.code.clone(),
-        source: e.source.clone(),
-        message: e.message.clone(),
-    }
-}
-
-pub(crate) fn pb_state(s: DeploymentState) -> pb::DeploymentState {
-    match s {
-        DeploymentState::Pending => pb::DeploymentState::Pending,
-        DeploymentState::Installing => pb::DeploymentState::Installing,
-        DeploymentState::Installed => pb::DeploymentState::Installed,
-        DeploymentState::Failed => pb::DeploymentState::Failed,
-        DeploymentState::Removing => pb::DeploymentState::Removing,
-        DeploymentState::Removed => pb::DeploymentState::Removed,
-    }
-}
-
-pub(crate) fn margo_state(s: pb::DeploymentState) -> DeploymentState {
-    match s {
-        pb::DeploymentState::Pending | pb::DeploymentState::Unspecified => DeploymentState::Pending,
-        pb::DeploymentState::Installing => DeploymentState::Installing,
-        pb::DeploymentState::Installed => DeploymentState::Installed,
-        pb::DeploymentState::Failed => DeploymentState::Failed,
-        pb::DeploymentState::Removing => DeploymentState::Removing,
-        pb::DeploymentState::Removed => DeploymentState::Removed,
     }
 }
 
@@ -455,9 +453,9 @@ mod tests {
 
     #[test]
     fn a_removed_deployment_lists_its_components_as_removed() {
-        let components = vec![("app".to_owned(), DeploymentState::Removed, None, vec![])];
+        let components = vec![component("app", DeploymentState::Removed, None, vec![])];
         let s = status("d", "", "r2", "", None, components);
-        assert_eq!(s.state(), pb::DeploymentState::Removed);
+        assert_eq!(s.state, DeploymentState::Removed);
         assert_eq!(s.components[0].name, "app");
     }
 }

@@ -303,13 +303,15 @@ impl<R: ContainerRuntime> Agent<R> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use woa_proto::v1 as pb;
+    use woa_common::margo::DeploymentState;
 
     use super::*;
     use crate::agent::AgentSettings;
     use crate::config::RolloutConfig;
+    use crate::desired::Incoming;
     use crate::memory::Memory;
     use crate::package::{PackageConfig, PackageFetcher};
+    use crate::status::DeploymentStatus;
 
     const A: &str = "5f0c2d7e-1111-4a6b-9c1e-00000000000a";
     const B: &str = "5f0c2d7e-1111-4a6b-9c1e-00000000000b";
@@ -333,7 +335,7 @@ mod tests {
     }
 
     /// A desired state of the deployments `(id, compose file)`.
-    fn request(revision: &str, deployments: &[(&str, &str)]) -> pb::ApplyDesiredStateRequest {
+    fn request(revision: &str, deployments: &[(&str, &str)]) -> Incoming {
         let document = |id: &str| {
             format!(
                 "apiVersion: application.margo.org/v1alpha1\nkind: ApplicationDeployment\n\
@@ -341,13 +343,10 @@ mod tests {
                  - name: app\n        properties:\n          packageLocation: {id}/compose.yaml\n"
             )
         };
-        pb::ApplyDesiredStateRequest {
+        Incoming {
             revision: revision.into(),
-            deployments: (deployments.iter())
-                .map(|(id, _)| pb::DeploymentDocument {
-                    path: format!("{id}.yaml"),
-                    yaml: document(id).into(),
-                })
+            documents: (deployments.iter())
+                .map(|(id, _)| (format!("{id}.yaml"), document(id).into()))
                 .collect(),
             artifacts: (deployments.iter())
                 .map(|(id, compose)| (format!("{id}/compose.yaml"), compose.as_bytes().to_vec()))
@@ -360,11 +359,7 @@ mod tests {
     const ONE: &str = "services:\n  web:\n    image: web:1\n";
 
     /// Waits until `id` is reported in `state`; returns its status.
-    async fn reported(
-        agent: &Agent<Memory>,
-        id: &str,
-        state: pb::DeploymentState,
-    ) -> pb::DeploymentStatus {
+    async fn reported(agent: &Agent<Memory>, id: &str, state: DeploymentState) -> DeploymentStatus {
         let mut watch = agent.watch();
         let found = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
@@ -373,7 +368,7 @@ mod tests {
                     .deployments
                     .into_iter()
                     .find(|d| d.deployment_id == id);
-                if let Some(s) = status.filter(|s| s.state() == state) {
+                if let Some(s) = status.filter(|s| s.state == state) {
                     return s;
                 }
                 watch.changed().await.unwrap();
@@ -384,10 +379,10 @@ mod tests {
             .unwrap_or_else(|_| panic!("{id} never {state:?}"))
     }
 
-    fn state_of(agent: &Agent<Memory>, id: &str) -> Option<pb::DeploymentState> {
+    fn state_of(agent: &Agent<Memory>, id: &str) -> Option<DeploymentState> {
         let current = agent.watch().borrow().clone();
         let status = current.deployments.iter().find(|d| d.deployment_id == id);
-        status.map(|s| s.state())
+        status.map(|s| s.state)
     }
 
     #[tokio::test]
@@ -397,14 +392,14 @@ mod tests {
         let agent = start(&memory, &dir);
         let response = agent.apply(request("r1", &[(A, ONE)])).await.unwrap();
         assert!(response.rejected.is_empty(), "{response:?}");
-        let status = reported(&agent, A, pb::DeploymentState::Failed).await;
+        let status = reported(&agent, A, DeploymentState::Failed).await;
         let error = status.error.unwrap();
         assert_eq!(error.code, "ERR_RUNTIME");
         assert!(error.message.contains("engine down"), "{error:?}");
 
         memory.set_down(false);
         agent.workers.resync();
-        reported(&agent, A, pb::DeploymentState::Installed).await;
+        reported(&agent, A, DeploymentState::Installed).await;
     }
 
     #[tokio::test]
@@ -412,15 +407,15 @@ mod tests {
         let (memory, dir) = (Memory::default(), tempfile::tempdir().unwrap());
         let agent = start(&memory, &dir);
         agent.apply(request("r1", &[(A, TWO)])).await.unwrap();
-        reported(&agent, A, pb::DeploymentState::Installed).await;
+        reported(&agent, A, DeploymentState::Installed).await;
 
         memory.slow_removal(A, Duration::from_secs(2));
         agent.apply(request("r2", &[(B, ONE)])).await.unwrap();
-        reported(&agent, B, pb::DeploymentState::Installed).await;
-        assert_eq!(state_of(&agent, A), Some(pb::DeploymentState::Removing));
+        reported(&agent, B, DeploymentState::Installed).await;
+        assert_eq!(state_of(&agent, A), Some(DeploymentState::Removing));
         assert!(!memory.containers_of(A).is_empty());
 
-        reported(&agent, A, pb::DeploymentState::Removed).await;
+        reported(&agent, A, DeploymentState::Removed).await;
         assert!(memory.containers_of(A).is_empty());
         let order = memory.removals();
         assert_eq!(order, [format!("{A}_app_api"), format!("{A}_app_db")]);
