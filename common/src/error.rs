@@ -44,3 +44,39 @@ impl Error {
         }
     }
 }
+
+/// `error` and its causes, joined with ": ", leaving out a cause whose text an earlier part
+/// already shows (many errors repeat their source in their own message). Libraries such as
+/// reqwest, tonic and gix say only "error sending request" or "transport error" on top; the
+/// cause below names what failed.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current = Some(error);
+    while let Some(error) = current {
+        let text = error.to_string();
+        if !parts.iter().any(|part| part.contains(&text)) {
+            parts.push(text);
+        }
+        current = error.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_names_every_cause_once() {
+        let io = std::io::Error::other("connection refused");
+        let file = Error::file("/state/x.json", io);
+        // `File` shows its source in its own message: the cause is not repeated.
+        assert_eq!(chain(&file), "/state/x.json: connection refused");
+
+        #[derive(Debug, thiserror::Error)]
+        #[error("sending request")]
+        struct Outer(#[source] std::io::Error);
+        let outer = Outer(std::io::Error::other("dns error"));
+        assert_eq!(chain(&outer), "sending request: dns error");
+    }
+}

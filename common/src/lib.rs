@@ -12,4 +12,4 @@ pub mod telemetry;
 pub mod tls;
 pub mod window;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, chain};

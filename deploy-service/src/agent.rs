@@ -98,13 +98,13 @@ impl<R: ContainerRuntime> Agent<R> {
     /// Loads the stored desired state (if any) and sets the agent up.
     pub fn new(runtime: R, fetcher: PackageFetcher, settings: AgentSettings) -> Result<Arc<Self>> {
         let desired: DesiredState = store::load_json(&settings.state_dir.join("desired.json"))
-            .map_err(|e| Error::Setup(format!("loading desired state: {e}")))?
+            .map_err(|e| Error::file("loading the desired state", e))?
             .unwrap_or_default();
         // The rollout record decides what runs: unreadable, it stops start-up, naming the file.
         // Remembered removals and pulled images only save work: unreadable, they are set aside.
         let dir = &settings.state_dir;
         let tracks = store::load_json(&dir.join("rollout.json"))
-            .map_err(|e| Error::Setup(format!("loading rollout state: {e}")))?
+            .map_err(|e| Error::file("loading the rollout state", e))?
             .unwrap_or_default();
         let removed: BTreeMap<String, Removal> =
             store::load_json_or_set_aside(&dir.join("removed.json")).unwrap_or_default();
@@ -174,7 +174,7 @@ impl<R: ContainerRuntime> Agent<R> {
         )
         .await;
         store::save_json(&self.settings.state_dir.join("desired.json"), &next)
-            .map_err(|e| Error::Setup(format!("storing desired state: {e}")))?;
+            .map_err(|e| Error::file("storing the desired state", e))?;
         tracing::info!(revision = %next.revision, deployments = next.deployments.len(), rejected = next.rejected.len(), "desired state stored");
         let response = applied(&next, true);
         {
@@ -345,7 +345,7 @@ impl<R: ContainerRuntime> Agent<R> {
 
     fn store_tracks(&self, tracks: &Tracks) -> Result<()> {
         store::save_json(&self.settings.state_dir.join("rollout.json"), tracks)
-            .map_err(|e| Error::Setup(format!("storing the rollout state: {e}")))
+            .map_err(|e| Error::file("storing the rollout state", e))
     }
 
     /// What was last published for deployment `id`.

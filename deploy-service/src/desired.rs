@@ -79,7 +79,7 @@ pub struct Rejected {
 
 /// The status error for `e`.
 pub fn status_error(e: &Error) -> StatusError {
-    StatusError::new(e.code(), e.source_ref(), e.to_string())
+    StatusError::new(e.code(), e.source_ref(), woa_common::chain(e))
 }
 
 /// A desired state as it arrives, before it is resolved.
@@ -320,7 +320,7 @@ fn store_package(packages_dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> Resu
     };
     write().map_err(|e| {
         let _ = std::fs::remove_dir_all(&tmp);
-        Error::Setup(format!("storing package in {}: {e}", dir.display()))
+        Error::file("storing a package", woa_common::Error::file(&dir, e))
     })?;
     Ok(dir)
 }

@@ -239,7 +239,7 @@ fn registry_of(image: &str) -> &str {
 fn engine(operation: &str, e: bollard::errors::Error) -> Error {
     let message = match e {
         bollard::errors::Error::DockerResponseServerError { message, .. } => message,
-        other => other.to_string(),
+        other => woa_common::chain(&other),
     };
     Error::Runtime {
         operation: operation.to_string(),
@@ -371,7 +371,7 @@ impl ContainerRuntime for DockerRuntime {
         let image = &with_tag(image);
         let credentials = self.credentials(image).map_err(|e| Error::ImagePull {
             image: image.to_string(),
-            message: e.to_string(),
+            message: woa_common::chain(&e),
         })?;
         let options = CreateImageOptions {
             from_image: Some(image.to_string()),
@@ -386,7 +386,7 @@ impl ContainerRuntime for DockerRuntime {
                 message: match e {
                     bollard::errors::Error::DockerResponseServerError { message, .. } => message,
                     bollard::errors::Error::DockerStreamError { error } => error,
-                    other => other.to_string(),
+                    other => woa_common::chain(&other),
                 },
             })
     }

@@ -93,10 +93,49 @@ pub enum Error {
         /// Why, e.g. "has no release awaiting approval".
         message: String,
     },
-    /// The service's own configuration or state is unusable.
+    /// A file the service keeps or reads (desired state, rollout records, packages, secrets,
+    /// keys) could not be used.
+    #[error("{action}: {source}")]
+    File {
+        /// What was attempted, e.g. `storing the rollout state`.
+        action: String,
+        /// Why.
+        #[source]
+        source: woa_common::Error,
+    },
+    /// The service's configuration does not fit together.
+    #[error("{setting}: {message}")]
+    Config {
+        /// The setting, as written in the configuration file.
+        setting: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// TLS material could not be loaded or does not fit together.
+    #[error("{what}: {source}")]
+    Tls {
+        /// The file or setting, e.g. `packages.ca`.
+        what: String,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// Listening, serving, or reaching the service failed.
+    #[error("{action}: {source}")]
+    Service {
+        /// What was attempted, e.g. `binding 127.0.0.1:50051`.
+        action: String,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// The deployment service refused an operator's request; its answer.
     #[error("{0}")]
-    Setup(String),
+    Refused(String),
 }
+
+/// Any error, as a cause.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The error codes woa-deploy reports in Margo status, in one place.
 pub mod code {
@@ -140,6 +179,30 @@ pub mod code {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// A [`Error::File`]: `action` on a file failed.
+    pub(crate) fn file(action: impl Into<String>, source: woa_common::Error) -> Self {
+        Error::File {
+            action: action.into(),
+            source,
+        }
+    }
+
+    /// A [`Error::Service`]: `action` failed.
+    pub(crate) fn service(action: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::Service {
+            action: action.into(),
+            source: source.into(),
+        }
+    }
+
+    /// A [`Error::Tls`] about `what`.
+    pub(crate) fn tls(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::Tls {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
     /// The stable error code reported in Margo status.
     pub fn code(&self) -> &'static str {
         match self {
@@ -155,7 +218,11 @@ impl Error {
             Error::DiskSpace { .. } => code::DISK_SPACE,
             Error::UnknownDeployment(_) => code::UNKNOWN_DEPLOYMENT,
             Error::Rollout { .. } => code::ROLLOUT,
-            Error::Setup(_) => code::INTERNAL,
+            Error::File { .. }
+            | Error::Config { .. }
+            | Error::Tls { .. }
+            | Error::Service { .. }
+            | Error::Refused(_) => code::INTERNAL,
         }
     }
 
@@ -165,7 +232,11 @@ impl Error {
             Error::Document(woa_common::Error::Document { path, field, .. }) => {
                 format!("{path}#{field}")
             }
-            Error::Document(_) | Error::Setup(_) => String::new(),
+            Error::Document(_) | Error::File { .. } | Error::Service { .. } | Error::Refused(_) => {
+                String::new()
+            }
+            Error::Config { setting, .. } => setting.clone(),
+            Error::Tls { what, .. } => what.clone(),
             Error::UnsupportedProfile(_) => "spec.deploymentProfile.type".into(),
             Error::ParameterTarget { parameter, .. } => format!("spec.parameters.{parameter}"),
             Error::Package { location, .. } => location.clone(),

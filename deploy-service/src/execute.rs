@@ -226,7 +226,7 @@ impl<R: ContainerRuntime> Agent<R> {
         let mut pulled = lock(&self.pulled);
         pulled.insert(image.to_string(), unix_now());
         store::save_json(&self.settings.state_dir.join("images.json"), &*pulled)
-            .map_err(|e| Error::Setup(format!("storing the pulled images: {e}")))
+            .map_err(|e| Error::file("storing the pulled images", e))
     }
 
     /// Pulls every missing image the steps create containers from, concurrently, refusing

@@ -51,7 +51,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|e| Error::Setup(format!("binding metrics on {addr}: {e}")))?,
+                .map_err(|e| Error::service(format!("binding metrics on {addr}"), e))?,
         ),
         None => None,
     };
@@ -69,7 +69,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         let serve = metrics::serve(listener, agent.metrics(), agent.watch(), cancel.clone());
         tokio::spawn(async move {
             if let Err(e) = serve.await {
-                tracing::error!(error = %e, "metrics endpoint stopped");
+                tracing::error!(error = %woa_common::chain(&e), "metrics endpoint stopped");
             }
         });
     }

@@ -153,7 +153,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("woa-deploy: {e}");
+                eprintln!("woa-deploy: {}", woa_common::chain(&e));
                 ExitCode::FAILURE
             }
         },
@@ -187,7 +187,7 @@ fn main() -> ExitCode {
             let config = match woa_deploy::Config::load(config.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("woa-deploy: {e}");
+                    eprintln!("woa-deploy: {}", woa_common::chain(&e));
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
@@ -206,7 +206,7 @@ fn main() -> ExitCode {
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!(error = %e, "woa-deploy stopped");
+                    tracing::error!(error = %woa_common::chain(&e), "woa-deploy stopped");
                     ExitCode::FAILURE
                 }
             }
@@ -219,7 +219,10 @@ fn operate(command: impl std::future::Future<Output = woa_deploy::Result<String>
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| woa_deploy::Error::Setup(format!("starting the runtime: {e}")))
+        .map_err(|e| woa_deploy::Error::Service {
+            action: "starting the runtime".into(),
+            source: e.into(),
+        })
         .and_then(|runtime| runtime.block_on(command));
     match result {
         Ok(text) => {
@@ -227,7 +230,7 @@ fn operate(command: impl std::future::Future<Output = woa_deploy::Result<String>
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("woa-deploy: {e}");
+            eprintln!("woa-deploy: {}", woa_common::chain(&e));
             ExitCode::FAILURE
         }
     }

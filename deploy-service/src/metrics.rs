@@ -127,7 +127,7 @@ pub(crate) async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await
-        .map_err(|e| Error::Setup(format!("serving metrics: {e}")))
+        .map_err(|e| Error::service("serving metrics", e))
 }
 
 #[cfg(test)]

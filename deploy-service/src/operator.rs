@@ -40,22 +40,22 @@ impl Link {
 
     async fn channel(&self) -> Result<Channel> {
         let read = |p: &Path| {
-            std::fs::read(p).map_err(|e| Error::Setup(format!("reading {}: {e}", p.display())))
+            std::fs::read(p)
+                .map_err(|e| Error::tls("the operator's TLS files", woa_common::Error::file(p, e)))
         };
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(read(&self.ca)?))
             .identity(Identity::from_pem(read(&self.cert)?, read(&self.key)?));
-        let unreachable =
-            |e: &dyn std::fmt::Display| Error::Setup(format!("{}: {e}", self.endpoint));
+        let unreachable = |e| Error::service(format!("reaching {}", self.endpoint), e);
         Endpoint::from_shared(self.endpoint.clone())
-            .map_err(|e| unreachable(&e))?
+            .map_err(unreachable)?
             .tls_config(tls)
-            .map_err(|e| unreachable(&e))?
+            .map_err(unreachable)?
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
             .connect()
             .await
-            .map_err(|e| unreachable(&std::error::Error::source(&e).unwrap_or(&e)))
+            .map_err(unreachable)
     }
 }
 
@@ -84,12 +84,12 @@ pub async fn health(link: &Link) -> Result<()> {
             service: String::new(),
         })
         .await
-        .map_err(|e| Error::Setup(format!("health check: {}", e.message())))?
+        .map_err(|e| Error::Refused(format!("health check: {}", e.message())))?
         .into_inner()
         .status();
     match status {
         ServingStatus::Serving => Ok(()),
-        other => Err(Error::Setup(format!(
+        other => Err(Error::Refused(format!(
             "health check: {}",
             other.as_str_name()
         ))),
@@ -99,7 +99,7 @@ pub async fn health(link: &Link) -> Result<()> {
 /// Runs `command`; returns what to print.
 pub async fn run(link: &Link, command: Command) -> Result<String> {
     let mut client = DeploymentServiceClient::new(link.channel().await?);
-    let refused = |e: tonic::Status| Error::Setup(e.message().to_string());
+    let refused = |e: tonic::Status| Error::Refused(e.message().to_string());
     let pending = |id: &str, list: Vec<pb::PendingApproval>| {
         list.into_iter()
             .find(|p| p.deployment_id == id)

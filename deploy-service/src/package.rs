@@ -121,28 +121,31 @@ impl Credentials {
                 password: read_secret_file(password_file)?,
             }),
             (None, None, Some(token_file)) => Ok(Secret::Bearer(read_secret_file(token_file)?)),
-            (None, Some(_), None) => Err(Error::Setup(
-                "credentials: password_file is set but username is not".into(),
+            (None, Some(_), None) => Err(credentials("password_file is set but username is not")),
+            (Some(_), None, None) => Err(credentials("username is set but password_file is not")),
+            (None, None, None) => Err(credentials(
+                "set either username and password_file, or token_file",
             )),
-            (Some(_), None, None) => Err(Error::Setup(
-                "credentials: username is set but password_file is not".into(),
-            )),
-            (None, None, None) => Err(Error::Setup(
-                "credentials: set either username and password_file, or token_file".into(),
-            )),
-            (_, _, Some(_)) => Err(Error::Setup(
-                "credentials: token_file cannot be combined with username or password_file".into(),
+            (_, _, Some(_)) => Err(credentials(
+                "token_file cannot be combined with username or password_file",
             )),
         }
     }
 }
 
+fn credentials(message: &str) -> Error {
+    Error::Config {
+        setting: "packages.hosts".into(),
+        message: message.into(),
+    }
+}
+
 fn read_secret_file(path: &std::path::Path) -> Result<String> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Setup(format!("reading secret file {}: {e}", path.display())))?;
+        .map_err(|e| Error::file("reading a secret file", woa_common::Error::file(path, e)))?;
     let secret = text.trim_end_matches(['\n', '\r']);
     if secret.is_empty() {
-        return Err(Error::Setup(format!(
+        return Err(credentials(&format!(
             "secret file {} is empty",
             path.display()
         )));
@@ -179,7 +182,7 @@ impl PackageFetcher {
     /// Builds the HTTPS client: trusts the system's CAs plus every CA in `config.ca`.
     pub fn new(config: &PackageConfig) -> Result<Self> {
         let tls = woa_common::tls::client_config(Trust::SystemAnd(&config.ca), None)
-            .map_err(|e| Error::Setup(format!("packages.ca: {e}")))?;
+            .map_err(|e| Error::tls("packages.ca", e))?;
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             // Also refuses redirects to http://, which would leak the download to the network.
@@ -187,7 +190,7 @@ impl PackageFetcher {
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .build()
-            .map_err(|e| Error::Setup(format!("HTTP client for package downloads: {e}")))?;
+            .map_err(|e| Error::service("building the HTTP client for package downloads", e))?;
         Ok(Self {
             client,
             hosts: Arc::new(config.hosts.clone()),
@@ -354,14 +357,7 @@ fn describe_http_error(error: &reqwest::Error) -> String {
             REQUEST_TIMEOUT.as_secs()
         );
     }
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
+    woa_common::chain(error)
 }
 
 fn is_archive_name(path: &str) -> bool {

@@ -61,8 +61,12 @@ fn to_status(e: Error) -> Status {
         Error::DiskSpace { .. } => Status::resource_exhausted(e.to_string()),
         Error::UnknownDeployment(_) => Status::not_found(e.to_string()),
         Error::Rollout { .. } => Status::failed_precondition(e.to_string()),
-        Error::Setup(_) => {
-            tracing::error!(error = %e, "request failed");
+        Error::File { .. }
+        | Error::Config { .. }
+        | Error::Tls { .. }
+        | Error::Service { .. }
+        | Error::Refused(_) => {
+            tracing::error!(error = %woa_common::chain(&e), "request failed");
             Status::internal("the deployment service could not complete the request; see its log")
         }
     }
@@ -182,7 +186,7 @@ pub async fn bind(config: &Config) -> Result<Bound> {
     let tls = tls_config(&config.tls)?;
     let tcp = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|e| Error::Setup(format!("binding {}: {e}", config.listen)))?;
+        .map_err(|e| Error::service(format!("binding {}", config.listen), e))?;
     let limits = Limits::new(&config.listener);
     Ok(Bound {
         listener: Listener::new(tcp, Arc::new(tls), limits),
@@ -191,27 +195,25 @@ pub async fn bind(config: &Config) -> Result<Bound> {
 
 /// The server's identity, requiring a client certificate issued by the local CA.
 pub(crate) fn tls_config(files: &TlsFiles) -> Result<ServerConfig> {
-    let setup = |e: woa_common::Error| Error::Setup(e.to_string());
-    let tls = |e: rustls::Error| Error::Setup(format!("tls: {e}"));
+    let ca = files.ca.display().to_string();
+    let identity = "the server's certificate and key";
     let mut roots = RootCertStore::empty();
-    for cert in woa_common::tls::certificates(&files.ca).map_err(setup)? {
-        roots
-            .add(cert)
-            .map_err(|e| Error::Setup(format!("{}: {e}", files.ca.display())))?;
+    for cert in woa_common::tls::certificates(&files.ca).map_err(|e| Error::tls(&ca, e))? {
+        roots.add(cert).map_err(|e| Error::tls(&ca, e))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
         .build()
-        .map_err(|e| Error::Setup(format!("{}: {e}", files.ca.display())))?;
+        .map_err(|e| Error::tls(&ca, e))?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(tls)?
+        .map_err(|e| Error::tls(identity, e))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(
-            woa_common::tls::certificates(&files.cert).map_err(setup)?,
-            woa_common::tls::private_key(&files.key).map_err(setup)?,
+            woa_common::tls::certificates(&files.cert).map_err(|e| Error::tls(identity, e))?,
+            woa_common::tls::private_key(&files.key).map_err(|e| Error::tls(identity, e))?,
         )
-        .map_err(tls)?;
+        .map_err(|e| Error::tls(identity, e))?;
     // gRPC is HTTP/2 only, and grpc-go clients refuse a server that does not negotiate it.
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
@@ -238,13 +240,13 @@ impl Bound {
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
-            .map_err(|e| Error::Setup(format!("reflection: {e}")))?;
+            .map_err(|e| Error::service("reflection", e))?;
         // grpcurl releases still in use speak only v1alpha reflection.
         let reflection_v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
-            .map_err(|e| Error::Setup(format!("reflection: {e}")))?;
+            .map_err(|e| Error::service("reflection", e))?;
         let api = DeploymentServiceServer::new(Api {
             agent,
             device,
@@ -272,6 +274,6 @@ impl Bound {
             .add_service(api)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
-            .map_err(|e| Error::Setup(format!("serving gRPC: {e}")))
+            .map_err(|e| Error::service("serving gRPC", e))
     }
 }

@@ -109,11 +109,8 @@ async fn unary<T>(
 /// often just "transport error").
 pub(crate) fn failed(operation: &'static str, status: tonic::Status) -> Error {
     let mut message = format!("{:?}: {}", status.code(), status.message());
-    let mut source = std::error::Error::source(&status);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
+    if let Some(cause) = std::error::Error::source(&status) {
+        message = format!("{message}: {}", woa_common::chain(cause));
     }
     Error::Deploy { operation, message }
 }

@@ -567,7 +567,7 @@ impl<'a> Target<'a> {
                 .map_err(|err| SourceError::Fetch {
                     url: self.display_url.clone(),
                     branch: self.access.branch.clone(),
-                    cause: chain_text(&err),
+                    cause: woa_common::chain(&err),
                 })
         }) {
             Ok(client) => client,
@@ -583,7 +583,7 @@ impl<'a> Target<'a> {
         match client.get(url).header("Git-Protocol", "version=2").send() {
             Ok(response) => crate::retry::retry_after(response.status(), response.headers()),
             Err(err) => {
-                tracing::debug!(error = %chain_text(&err), "cannot ask the repository for its Retry-After");
+                tracing::debug!(error = %woa_common::chain(&err), "cannot ask the repository for its Retry-After");
                 None
             }
         }
@@ -974,20 +974,6 @@ fn find_cause<T: std::error::Error + 'static>(err: &gix::Error) -> Option<&T> {
     err.iter_errors().find_map(|error| walk::<T>(Some(error)))
 }
 
-/// `error` and its sources, joined with ": ", leaving out repetitions.
-pub(crate) fn chain_text(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut current = Some(error);
-    while let Some(error) = current {
-        let text = error.to_string();
-        if !parts.iter().any(|part| part.contains(&text)) {
-            parts.push(text);
-        }
-        current = error.source();
-    }
-    parts.join(": ")
-}
-
 fn classify_fetch_error(
     err: &gix::Error,
     url: &str,
@@ -1026,7 +1012,7 @@ fn classify_fetch_error(
             return SourceError::Unreachable {
                 url,
                 branch,
-                cause: chain_text(http_error),
+                cause: woa_common::chain(http_error),
             };
         }
     }

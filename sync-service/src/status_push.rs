@@ -25,9 +25,8 @@ use gix_packetline::blocking_io::encode as pkt;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 
 use crate::source::{
-    MAX_PACKS, RepoAccess, SourceError, Target, chain_text, client_builder,
-    ensure_looks_like_a_mirror, mirror_error, open_options, open_or_rebuild, pack_count, read_tip,
-    without_credentials,
+    MAX_PACKS, RepoAccess, SourceError, Target, client_builder, ensure_looks_like_a_mirror,
+    mirror_error, open_options, open_or_rebuild, pack_count, read_tip, without_credentials,
 };
 
 /// The local ref that holds the status branch's tip as last fetched or pushed.
@@ -505,7 +504,7 @@ impl Remote {
             .map_err(|err| SourceError::Push {
                 url: display_url.clone(),
                 branch: access.branch.clone(),
-                cause: chain_text(&err),
+                cause: woa_common::chain(&err),
             })?;
         Ok(Remote {
             client,
@@ -544,10 +543,10 @@ impl Remote {
                 SourceError::Unreachable {
                     url: self.display_url.clone(),
                     branch: self.branch.clone(),
-                    cause: chain_text(&err),
+                    cause: woa_common::chain(&err),
                 }
             } else {
-                self.failed(chain_text(&err))
+                self.failed(woa_common::chain(&err))
             }
         })?;
         let status = response.status();

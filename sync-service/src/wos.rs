@@ -178,13 +178,13 @@ impl Wos {
             .body(body)
             .send()
             .await
-            .map_err(|e| failed(None, describe(&e), None))?;
+            .map_err(|e| failed(None, woa_common::chain(&e), None))?;
         let status = response.status();
         let retry_after = crate::retry::retry_after(status, response.headers());
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| failed(Some(status.as_u16()), describe(&e), None))?;
+            .map_err(|e| failed(Some(status.as_u16()), woa_common::chain(&e), None))?;
         if status.is_success() {
             return Ok(bytes.to_vec());
         }
@@ -203,16 +203,4 @@ impl Wos {
             retry_after,
         ))
     }
-}
-
-/// The error with its causes: reqwest's own text alone says only "error sending request".
-fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
