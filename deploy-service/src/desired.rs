@@ -107,6 +107,7 @@ pub async fn resolve(
         ..Default::default()
     };
     let mut seen = BTreeSet::new();
+    let mut names_taken = BTreeMap::new();
     for (path, yaml) in &incoming.documents {
         let parsed = margo::parse_deployment(path, yaml).map_err(Error::from);
         let id = match &parsed {
@@ -156,6 +157,7 @@ pub async fn resolve(
         let result = match parsed {
             Ok(d) => resolve_deployment(&d, artifacts, fetcher, policy, packages_dir)
                 .await
+                .and_then(|components| claim_names(&id, components, &mut names_taken))
                 .map(|components| (d, components)),
             Err(e) => Err(e),
         };
@@ -232,11 +234,14 @@ async fn resolve_deployment(
             .cloned()
             .unwrap_or_default();
         let vars = variables.remove(c.name.as_str()).unwrap_or_default();
-        let project = compose::load(&package.compose_file, &compose_yaml, &vars, &package.files)?;
+        let mut project =
+            compose::load(&package.compose_file, &compose_yaml, &vars, &package.files)?;
         policy.check(&project).map_err(|message| Error::Policy {
             file: package.compose_file.clone(),
             message,
         })?;
+        let data = data_dir(packages_dir, &d.id).join(&c.name);
+        keep_data_outside_the_package(&mut project, &package.files, &data)?;
         let package_dir = store_package(packages_dir, &package.files)?;
         let bind_digests = bind_digests(&project, &package.files);
         components.push(Component {
@@ -249,6 +254,76 @@ async fn resolve_deployment(
         });
     }
     Ok(components)
+}
+
+/// Claims the `container_name`s of deployment `id` in `taken` (name -> deployment): an engine
+/// name holds one container, so a second deployment asking for it fails, naming the first.
+fn claim_names(
+    id: &str,
+    components: Vec<Component>,
+    taken: &mut BTreeMap<String, String>,
+) -> Result<Vec<Component>> {
+    for c in &components {
+        for s in &c.project.services {
+            let Some(name) = &s.container_name else {
+                continue;
+            };
+            match taken.get(name) {
+                Some(other) if other != id => {
+                    return Err(Error::Compose {
+                        file: c.name.clone(),
+                        message: format!(
+                            "services.{}.container_name: `{name}` is already the container of deployment {other}",
+                            s.name
+                        ),
+                    });
+                }
+                _ => {
+                    taken.insert(name.clone(), id.to_owned());
+                }
+            }
+        }
+    }
+    Ok(components)
+}
+
+/// Where deployment `id` keeps the data of its relative binds: beside the packages, in the
+/// state directory, `data/<deployment>/<component>/<path>`.
+pub fn data_dir(packages_dir: &Path, id: &str) -> PathBuf {
+    let state = packages_dir.parent().unwrap_or(packages_dir);
+    state.join("data").join(id)
+}
+
+/// A relative bind of a path the package does not ship (`./volumes/db:/var/lib/db`) is where
+/// the app keeps its data, as it is with Compose next to the compose file: it becomes a
+/// directory of the deployment's own under `data`, which outlives releases, rollbacks and
+/// restarts (the package directory is per release). Paths the package ships stay package
+/// content. The directories are made here, as Compose makes a missing bind source.
+fn keep_data_outside_the_package(
+    project: &mut Project,
+    files: &BTreeMap<String, Vec<u8>>,
+    data: &Path,
+) -> Result<()> {
+    let ships = |path: &str| {
+        path == "."
+            || files.contains_key(path)
+            || files.keys().any(|f| f.strip_prefix(path).is_some_and(|r| r.starts_with('/')))
+    };
+    for service in &mut project.services {
+        for mount in &mut service.mounts {
+            if let crate::spec::Mount::Bind { source, .. } = mount
+                && let BindSource::Package(path) = source
+                && !ships(path)
+            {
+                let dir = data.join(path.as_str());
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    Error::file("making a data directory", woa_common::Error::file(&dir, e))
+                })?;
+                *source = BindSource::Data(dir.to_string_lossy().into_owned());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// For each service that bind-mounts package files, a digest of those files.

@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex};
 use bollard::Docker;
 use bollard::auth::DockerCredentials;
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, HostConfigLogConfig, Mount,
-    MountTmpfsOptions, MountType, NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
-    PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+    ContainerCreateBody, DeviceMapping, DeviceRequest, EndpointSettings, HealthConfig, HostConfig,
+    HostConfigLogConfig, Mount, MountTmpfsOptions, MountType, NetworkConnectRequest,
+    NetworkCreateRequest, NetworkingConfig, PortBinding, ResourcesUlimits, RestartPolicy,
+    RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions,
@@ -276,8 +277,15 @@ fn managed_filter(instance: &str) -> [(String, Vec<String>); 1] {
     )]
 }
 
-/// Seconds a container gets between SIGTERM and SIGKILL when it is removed.
-const STOP_GRACE_SECS: i32 = 10;
+/// An `expose` entry (`80/tcp`, `9000-9001/tcp`) as the engine's exposed ports.
+fn expose_range(entry: &str) -> Vec<String> {
+    let (ports, protocol) = entry.split_once('/').unwrap_or((entry, "tcp"));
+    let range = ports.split_once('-').and_then(|(low, high)| {
+        let (low, high): (u16, u16) = (low.parse().ok()?, high.parse().ok()?);
+        Some((low..=high).map(|p| format!("{p}/{protocol}")).collect())
+    });
+    range.unwrap_or_else(|| vec![format!("{ports}/{protocol}")])
+}
 
 /// `image` with `:latest` when it names neither a tag nor a digest.
 fn with_tag(image: &str) -> String {
@@ -445,7 +453,7 @@ impl ContainerRuntime for DockerRuntime {
         let (body, mut more_networks) = container_body(&self.instance, plan);
         let options = CreateContainerOptions {
             name: Some(plan.name.clone()),
-            ..Default::default()
+            platform: plan.service.platform.clone().unwrap_or_default(),
         };
         let id = self
             .docker
@@ -485,11 +493,10 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn remove_container(&self, id: &str) -> Result<()> {
-        // SIGTERM and a grace period first, as `docker stop` does, so apps can shut down cleanly.
-        let stop = StopContainerOptions {
-            t: Some(STOP_GRACE_SECS),
-            ..Default::default()
-        };
+        // The container's stop signal and grace period first (set at create from compose's
+        // `stop_signal` and `stop_grace_period`; SIGTERM and 10 s by default), as `docker stop`
+        // does, so apps can shut down cleanly.
+        let stop = StopContainerOptions::default();
         match self.docker.stop_container(id, Some(stop)).await {
             Err(e) if !is_not_found(&e) && !is_not_modified(&e) => {
                 tracing::debug!(container = %id, error = %e, "stop before removal failed");
@@ -566,9 +573,29 @@ fn container_body(
                 host_port: p.host_port.map(|p| p.to_string()),
             });
     }
+    let bind_source = |source: &BindSource| match source {
+        BindSource::Host(path) | BindSource::Data(path) => path.clone(),
+        BindSource::Package(path) => plan.package_dir.join(path).to_string_lossy().into_owned(),
+    };
+    // SELinux relabelling exists only in the engine's older `Binds` form.
+    let relabelled: Vec<String> = (s.mounts.iter())
+        .filter_map(|m| match m {
+            spec::Mount::Bind {
+                source,
+                target,
+                read_only,
+                relabel: Some(relabel),
+            } => {
+                let mode = if *read_only { "ro" } else { "rw" };
+                Some(format!("{}:{target}:{mode},{relabel}", bind_source(source)))
+            }
+            _ => None,
+        })
+        .collect();
     let mounts = s
         .mounts
         .iter()
+        .filter(|m| !matches!(m, spec::Mount::Bind { relabel: Some(_), .. }))
         .map(|m| match m {
             spec::Mount::Volume {
                 source,
@@ -585,14 +612,10 @@ fn container_body(
                 source,
                 target,
                 read_only,
+                ..
             } => Mount {
                 typ: Some(MountType::BIND),
-                source: Some(match source {
-                    BindSource::Host(path) => path.clone(),
-                    BindSource::Package(path) => {
-                        plan.package_dir.join(path).to_string_lossy().into_owned()
-                    }
-                }),
+                source: Some(bind_source(source)),
                 target: Some(target.clone()),
                 read_only: Some(*read_only),
                 ..Default::default()
@@ -620,12 +643,14 @@ fn container_body(
             maximum_retry_count: count.parse().ok(),
         }
     });
-    // Every attachment carries the service name as an alias, as compose does.
+    // Every attachment carries the service name (and its container_name) as an alias, as
+    // compose does.
     let mut endpoints: Vec<(String, EndpointSettings)> = s
         .networks
         .iter()
         .filter_map(|a| {
             let mut aliases = vec![s.name.clone()];
+            aliases.extend(s.container_name.iter().cloned());
             aliases.extend(a.aliases.iter().cloned());
             Some((
                 plan.networks.get(&a.network)?.clone(),
@@ -636,8 +661,28 @@ fn container_body(
             ))
         })
         .collect();
-    let first = (!endpoints.is_empty()).then(|| endpoints.remove(0));
-    let network_mode = first.as_ref().map(|(name, _)| name.clone());
+    let mut first = (!endpoints.is_empty()).then(|| endpoints.remove(0));
+    if let Some((_, endpoint)) = &mut first {
+        endpoint.mac_address = s.mac_address.clone();
+    }
+    let shared = |mode: &str| match mode.strip_prefix("service:") {
+        Some(service) => format!("container:{}", plan.container_of(service)),
+        None => mode.to_owned(),
+    };
+    let network_mode = match &s.network_mode {
+        Some(spec::NetworkMode::Host) => Some("host".to_owned()),
+        Some(spec::NetworkMode::None) => Some("none".to_owned()),
+        Some(spec::NetworkMode::Bridge) => Some("bridge".to_owned()),
+        Some(spec::NetworkMode::Service(service)) => Some(shared(&format!("service:{service}"))),
+        None => first.as_ref().map(|(name, _)| name.clone()),
+    };
+    let mut exposed: Vec<String> = port_bindings.keys().cloned().collect();
+    exposed.extend(s.expose.iter().flat_map(|e| expose_range(e)));
+    let vec_or_none = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+    let map_or_none = |m: &BTreeMap<String, String>| {
+        (!m.is_empty()).then(|| m.clone().into_iter().collect::<HashMap<_, _>>())
+    };
+    let r = &s.resources;
 
     let body = ContainerCreateBody {
         image: Some(s.image.clone()),
@@ -649,21 +694,29 @@ fn container_body(
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect(),
         ),
-        exposed_ports: Some(port_bindings.keys().cloned().collect()),
+        exposed_ports: Some(exposed),
         labels: Some(labels),
         user: s.user.clone(),
         working_dir: s.working_dir.clone(),
+        hostname: s.hostname.clone(),
+        domainname: s.domainname.clone(),
+        open_stdin: s.stdin_open.then_some(true),
+        tty: s.tty.then_some(true),
+        stop_signal: s.stop_signal.clone(),
+        stop_timeout: s.stop_grace_period_s,
         healthcheck: s.healthcheck.as_ref().map(|h| HealthConfig {
             test: Some(h.test.clone()).filter(|t| !t.is_empty()),
             interval: h.interval_ns,
             timeout: h.timeout_ns,
             retries: h.retries,
             start_period: h.start_period_ns,
-            ..Default::default()
+            start_interval: h.start_interval_ns,
         }),
         host_config: Some(HostConfig {
             port_bindings: Some(port_bindings),
             mounts: Some(mounts),
+            binds: vec_or_none(&relabelled),
+            tmpfs: map_or_none(&s.tmpfs),
             restart_policy,
             cap_add: Some(s.cap_add.clone()),
             cap_drop: Some(s.cap_drop.clone()),
@@ -675,6 +728,58 @@ fn container_body(
                 typ: l.driver.clone(),
                 config: Some(l.options.clone().into_iter().collect()),
             }),
+            dns: vec_or_none(&s.dns),
+            dns_search: vec_or_none(&s.dns_search),
+            dns_options: vec_or_none(&s.dns_opt),
+            extra_hosts: vec_or_none(&s.extra_hosts),
+            privileged: s.privileged.then_some(true),
+            devices: (!s.devices.is_empty()).then(|| {
+                (s.devices.iter())
+                    .map(|d| DeviceMapping {
+                        path_on_host: Some(d.host.clone()),
+                        path_in_container: Some(d.container.clone()),
+                        cgroup_permissions: Some(d.permissions.clone()),
+                    })
+                    .collect()
+            }),
+            device_cgroup_rules: vec_or_none(&s.device_cgroup_rules),
+            device_requests: (!s.device_requests.is_empty()).then(|| {
+                (s.device_requests.iter())
+                    .map(|d| DeviceRequest {
+                        driver: d.driver.clone(),
+                        count: d.count.or((d.device_ids.is_empty()).then_some(-1)),
+                        device_ids: vec_or_none(&d.device_ids),
+                        capabilities: Some(vec![d.capabilities.clone()]),
+                        options: map_or_none(&d.options),
+                    })
+                    .collect()
+            }),
+            security_opt: vec_or_none(&s.security_opt),
+            sysctls: map_or_none(&s.sysctls),
+            pid_mode: s.namespaces.pid.as_deref().map(shared),
+            ipc_mode: s.namespaces.ipc.as_deref().map(shared),
+            uts_mode: s.namespaces.uts.clone(),
+            userns_mode: s.namespaces.userns.clone(),
+            runtime: s.runtime.clone(),
+            init: s.init,
+            group_add: vec_or_none(&s.group_add),
+            pids_limit: r.pids_limit,
+            memory_swap: r.memswap_limit,
+            memory_reservation: r.mem_reservation,
+            shm_size: r.shm_size,
+            cpu_shares: r.cpu_shares,
+            cpuset_cpus: r.cpuset.clone(),
+            oom_score_adj: r.oom_score_adj,
+            ulimits: (!r.ulimits.is_empty()).then(|| {
+                (r.ulimits.iter())
+                    .map(|(name, soft, hard)| ResourcesUlimits {
+                        name: Some(name.clone()),
+                        soft: Some(*soft),
+                        hard: Some(*hard),
+                    })
+                    .collect()
+            }),
+            annotations: map_or_none(&s.annotations),
             ..Default::default()
         }),
         networking_config: Some(NetworkingConfig {

@@ -16,7 +16,7 @@ use crate::desired::status_error;
 use crate::plan::{Awaited, Step};
 use crate::reconcile::CHECK_EVERY;
 use crate::runtime::{ContainerPlan, ContainerRuntime, ObservedContainer, Owner};
-use crate::spec::Condition;
+use crate::spec::{Condition, PullPolicy};
 use crate::{Error, Result};
 
 /// How long one pass waits for a dependency before it leaves the step to a later pass.
@@ -233,13 +233,18 @@ impl<R: ContainerRuntime> Agent<R> {
     /// when the disk is below the floor. Returns the failures by component that needs them.
     pub(crate) async fn pull_images(&self, steps: &[Step]) -> HashMap<Owner, StatusError> {
         let mut failed = HashMap::new();
-        let mut users: BTreeMap<&str, Vec<&Owner>> = BTreeMap::new();
+        // Each image with who uses it and the most eager of their pull policies.
+        let mut users: BTreeMap<&str, (Vec<&Owner>, PullPolicy)> = BTreeMap::new();
         for step in steps {
             if let Step::Create { plan, .. } = step {
-                users
-                    .entry(&plan.service.image)
-                    .or_default()
-                    .push(&plan.owner);
+                let policy = plan.service.pull_policy.unwrap_or(PullPolicy::Missing);
+                let entry = (users.entry(&plan.service.image)).or_insert((Vec::new(), policy));
+                entry.0.push(&plan.owner);
+                entry.1 = match (entry.1, policy) {
+                    (PullPolicy::Always, _) | (_, PullPolicy::Always) => PullPolicy::Always,
+                    (PullPolicy::Missing, _) | (_, PullPolicy::Missing) => PullPolicy::Missing,
+                    _ => PullPolicy::Never,
+                };
             }
         }
         let mut fail = |owners: &[&Owner], e: &Error| {
@@ -250,9 +255,20 @@ impl<R: ContainerRuntime> Agent<R> {
             }
         };
         let mut missing: BTreeMap<&str, Vec<&Owner>> = BTreeMap::new();
-        for (image, owners) in users {
+        for (image, (owners, policy)) in users {
+            if policy == PullPolicy::Always {
+                missing.insert(image, owners);
+                continue;
+            }
             match self.runtime.has_image(image).await {
                 Ok(true) => {}
+                Ok(false) if policy == PullPolicy::Never => {
+                    let e = Error::ImagePull {
+                        image: image.to_string(),
+                        message: "not on this device, and pull_policy is never".into(),
+                    };
+                    fail(&owners, &e);
+                }
                 Ok(false) => {
                     missing.insert(image, owners);
                 }

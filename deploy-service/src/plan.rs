@@ -96,6 +96,12 @@ pub fn engine_name(owner: &Owner, key: &str) -> String {
     format!("{}_{}_{}", owner.deployment, owner.component, key)
 }
 
+/// The engine name of a service's container: its `container_name`, else one derived from
+/// the deployment, component and service, which no other deployment can take.
+pub fn container_name(owner: &Owner, service: &crate::spec::Service) -> String {
+    (service.container_name.clone()).unwrap_or_else(|| engine_name(owner, &service.name))
+}
+
 fn owner(d: &Deployment, c: &Component) -> Owner {
     Owner {
         deployment: d.id.clone(),
@@ -126,17 +132,21 @@ pub fn container_plans(d: &Deployment, c: &Component) -> Vec<ContainerPlan> {
         &owner,
         c.project.volumes.iter().map(|v| (&v.name, &v.external)),
     );
+    let containers: BTreeMap<String, String> = (c.project.services.iter())
+        .map(|s| (s.name.clone(), container_name(&owner, s)))
+        .collect();
     dependency_order(c)
         .into_iter()
         .map(|service| {
             let mut plan = ContainerPlan {
-                name: engine_name(&owner, &service.name),
+                name: containers[&service.name].clone(),
                 owner: owner.clone(),
                 service: service.clone(),
                 spec_hash: String::new(),
                 networks: networks.clone(),
                 volumes: volumes.clone(),
                 package_dir: c.package_dir.clone(),
+                containers: containers.clone(),
             };
             let binds = c.bind_digests.get(&service.name).map(String::as_str);
             plan.spec_hash = spec_hash(&plan, binds.unwrap_or_default());

@@ -15,7 +15,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{BindSource, Mount, Project, Volume};
+use crate::spec::{BindSource, Mount, NetworkMode, Project, Service, Volume};
 
 /// The `[policy]` section of `deploy.toml`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,7 +36,43 @@ pub struct PolicyConfig {
     /// Linux capabilities beyond the engine's default set that apps may add with `cap_add`
     /// (`SYS_ADMIN`, `NET_ADMIN`, `SYS_MODULE`…; `ALL` only if listed as `ALL`).
     pub capabilities: Vec<String>,
+    /// Let apps run `privileged`: every device and capability of the host, no confinement.
+    pub privileged: bool,
+    /// Host namespaces apps may share: `network` (`network_mode: host`), `pid`, `ipc`, `uts`,
+    /// `userns` (`userns_mode: host`).
+    pub host_namespaces: Vec<String>,
+    /// Host devices apps may map (`devices`), as paths or globs: `/dev/ttyUSB*`.
+    pub devices: Vec<String>,
+    /// Let apps add device cgroup rules (`device_cgroup_rules`), which open device numbers
+    /// rather than paths.
+    pub device_cgroup_rules: bool,
+    /// Let apps reserve GPUs and other devices through the engine's device drivers
+    /// (`deploy.resources.reservations.devices`).
+    pub gpus: bool,
+    /// Kernel parameters apps may set beyond the safe, namespaced ones, as names or globs:
+    /// `net.core.*`.
+    pub sysctls: Vec<String>,
+    /// Let apps turn off confinement with `security_opt` (`seccomp=unconfined`,
+    /// `apparmor=unconfined`, `label=disable`, `systempaths=unconfined`).
+    pub unconfined: bool,
+    /// OCI runtimes apps may ask for with `runtime`, beyond the engine's default (`runc`).
+    pub runtimes: Vec<String>,
 }
+
+/// Kernel parameters any app may set: namespaced to the container and harmless to the host
+/// (the set Kubernetes calls safe).
+const SAFE_SYSCTLS: &[&str] = &[
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+];
 
 /// The capabilities the engine gives every container anyway (moby's default set): adding them
 /// back after a `cap_drop` asks for nothing more of the host.
@@ -122,6 +158,7 @@ impl Policy {
     /// that would allow it.
     pub fn check(&self, project: &Project) -> Result<(), String> {
         for service in &project.services {
+            self.check_host_access(service)?;
             for added in &service.cap_add {
                 let cap = capability(added);
                 let allowed = DEFAULT_CAPABILITIES.contains(&cap.as_str())
@@ -174,6 +211,69 @@ impl Policy {
                     &self.config.external_networks,
                 )?;
             }
+        }
+        Ok(())
+    }
+
+    /// What a service asks of the host beyond mounts and capabilities: privileges, host
+    /// namespaces, devices, kernel parameters, confinement and runtimes.
+    fn check_host_access(&self, service: &Service) -> Result<(), String> {
+        let refuse = |key: &str, what: String, setting: &str| {
+            Err(format!(
+                "services.{}.{key}: {what} is refused: allow it with policy.{setting} in deploy.toml",
+                service.name
+            ))
+        };
+        if service.privileged && !self.config.privileged {
+            return refuse("privileged", "privileged mode".into(), "privileged = true");
+        }
+        let namespaces = &service.namespaces;
+        let shared = [
+            ("network_mode", "network", service.network_mode == Some(NetworkMode::Host)),
+            ("pid", "pid", namespaces.pid.as_deref() == Some("host")),
+            ("ipc", "ipc", namespaces.ipc.as_deref() == Some("host")),
+            ("uts", "uts", namespaces.uts.as_deref() == Some("host")),
+            ("userns_mode", "userns", namespaces.userns.as_deref() == Some("host")),
+        ];
+        for (key, namespace, host) in shared {
+            if host && !self.config.host_namespaces.iter().any(|n| n == namespace) {
+                let setting = format!("host_namespaces = [\"{namespace}\"]");
+                return refuse(key, format!("the host's {namespace} namespace"), &setting);
+            }
+        }
+        for device in &service.devices {
+            if !self.config.devices.iter().any(|d| wildcard(d, &device.host)) {
+                let setting = format!("devices = [\"{}\"]", device.host);
+                return refuse("devices", format!("host device {}", device.host), &setting);
+            }
+        }
+        if !service.device_cgroup_rules.is_empty() && !self.config.device_cgroup_rules {
+            let what = "device cgroup rules".into();
+            return refuse("device_cgroup_rules", what, "device_cgroup_rules = true");
+        }
+        if !service.device_requests.is_empty() && !self.config.gpus {
+            let key = "deploy.resources.reservations.devices";
+            return refuse(key, "a device reservation (GPU)".into(), "gpus = true");
+        }
+        for name in service.sysctls.keys() {
+            let allowed = SAFE_SYSCTLS.contains(&name.as_str())
+                || self.config.sysctls.iter().any(|s| wildcard(s, name));
+            if !allowed {
+                let setting = format!("sysctls = [\"{name}\"]");
+                return refuse("sysctls", format!("kernel parameter {name}"), &setting);
+            }
+        }
+        for option in &service.security_opt {
+            if unconfines(option) && !self.config.unconfined {
+                return refuse("security_opt", format!("`{option}`"), "unconfined = true");
+            }
+        }
+        if let Some(runtime) = &service.runtime
+            && runtime != "runc"
+            && !self.config.runtimes.contains(runtime)
+        {
+            let setting = format!("runtimes = [\"{runtime}\"]");
+            return refuse("runtime", format!("runtime {runtime}"), &setting);
         }
         Ok(())
     }
@@ -282,13 +382,38 @@ fn normalize(path: &Path) -> PathBuf {
     normal
 }
 
+/// A `security_opt` entry that turns confinement off.
+fn unconfines(option: &str) -> bool {
+    let option = option.replace(':', "=");
+    matches!(
+        option.as_str(),
+        "seccomp=unconfined" | "apparmor=unconfined" | "label=disable" | "systempaths=unconfined"
+    )
+}
+
+/// Whether `text` matches `pattern`, where `*` stands for any run of characters (`/dev/ttyUSB*`,
+/// `net.core.*`); the patterns are the owner's own, so a small matcher does.
+fn wildcard(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((prefix, rest)) => {
+            let Some(tail) = text.strip_prefix(prefix) else {
+                return false;
+            };
+            (0..=tail.len())
+                .filter(|&i| tail.is_char_boundary(i))
+                .any(|i| wildcard(rest, &tail[i..]))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::spec::{Network, Service};
+    use crate::spec::{Device, DeviceRequest, Namespaces, Network, Service};
 
     fn policy(config: PolicyConfig) -> Policy {
         Policy::new(
@@ -308,6 +433,7 @@ mod tests {
                     source: BindSource::Host(path.into()),
                     target: "/host".into(),
                     read_only: true,
+                    relabel: None,
                 }],
                 ..Default::default()
             }],
@@ -320,6 +446,172 @@ mod tests {
             host_paths: prefixes.iter().map(PathBuf::from).collect(),
             ..Default::default()
         }
+    }
+
+    fn asking(service: Service) -> Project {
+        Project {
+            services: vec![Service {
+                name: "app".into(),
+                ..service
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// Each way of reaching into the host, refused by default with its key and setting, and
+    /// allowed by that setting.
+    #[test]
+    fn host_access_is_refused_by_default_and_allowed_by_its_own_setting() {
+        let device = |host: &str| Device {
+            host: host.into(),
+            container: host.into(),
+            permissions: "rwm".into(),
+        };
+        let cases: Vec<(Service, &str, PolicyConfig)> = vec![
+            (
+                Service {
+                    privileged: true,
+                    ..Default::default()
+                },
+                "services.app.privileged: privileged mode is refused: allow it with policy.privileged = true",
+                PolicyConfig {
+                    privileged: true,
+                    ..Default::default()
+                },
+            ),
+            (
+                Service {
+                    network_mode: Some(NetworkMode::Host),
+                    ..Default::default()
+                },
+                "services.app.network_mode: the host's network namespace is refused: allow it with policy.host_namespaces = [\"network\"]",
+                PolicyConfig {
+                    host_namespaces: vec!["network".into()],
+                    ..Default::default()
+                },
+            ),
+            (
+                Service {
+                    namespaces: Namespaces {
+                        pid: Some("host".into()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+                "services.app.pid: the host's pid namespace is refused",
+                PolicyConfig {
+                    host_namespaces: vec!["pid".into()],
+                    ..Default::default()
+                },
+            ),
+            (
+                Service {
+                    devices: vec![device("/dev/ttyUSB0")],
+                    ..Default::default()
+                },
+                "services.app.devices: host device /dev/ttyUSB0 is refused: allow it with policy.devices = [\"/dev/ttyUSB0\"]",
+                PolicyConfig {
+                    devices: vec!["/dev/ttyUSB*".into()],
+                    ..Default::default()
+                },
+            ),
+            (
+                Service {
+                    device_requests: vec![DeviceRequest {
+                        driver: Some("nvidia".into()),
+                        count: Some(1),
+                        device_ids: vec![],
+                        capabilities: vec!["gpu".into()],
+                        options: BTreeMap::new(),
+                    }],
+                    ..Default::default()
+                },
+                "services.app.deploy.resources.reservations.devices: a device reservation (GPU) is refused: allow it with policy.gpus = true",
+                PolicyConfig {
+                    gpus: true,
+                    ..Default::default()
+                },
+            ),
+            (
+                Service {
+                    sysctls: BTreeMap::from([("net.core.somaxconn".into(), "1024".into())]),
+                    ..Default::default()
+                },
+                "services.app.sysctls: kernel parameter net.core.somaxconn is refused: allow it with policy.sysctls = [\"net.core.somaxconn\"]",
+                PolicyConfig {
+                    sysctls: vec!["net.core.*".into()],
+                    ..Default::default()
+                },
+            ),
+            (
+                Service {
+                    security_opt: vec!["seccomp:unconfined".into()],
+                    ..Default::default()
+                },
+                "services.app.security_opt: `seccomp:unconfined` is refused: allow it with policy.unconfined = true",
+                PolicyConfig {
+                    unconfined: true,
+                    ..Default::default()
+                },
+            ),
+            (
+                Service {
+                    runtime: Some("nvidia".into()),
+                    ..Default::default()
+                },
+                "services.app.runtime: runtime nvidia is refused: allow it with policy.runtimes = [\"nvidia\"]",
+                PolicyConfig {
+                    runtimes: vec!["nvidia".into()],
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (service, refusal, allowing) in cases {
+            let project = asking(service);
+            let err = policy(PolicyConfig::default()).check(&project).unwrap_err();
+            assert!(err.starts_with(refusal), "{err}");
+            policy(allowing).check(&project).unwrap();
+        }
+    }
+
+    #[test]
+    fn what_stays_inside_the_container_needs_no_setting() {
+        let project = asking(Service {
+            sysctls: BTreeMap::from([("net.ipv4.tcp_syncookies".into(), "1".into())]),
+            security_opt: vec!["no-new-privileges:true".into(), "apparmor=docker-default".into()],
+            runtime: Some("runc".into()),
+            namespaces: Namespaces {
+                ipc: Some("shareable".into()),
+                ..Default::default()
+            },
+            network_mode: Some(NetworkMode::None),
+            ..Default::default()
+        });
+        policy(PolicyConfig::default()).check(&project).unwrap();
+        let gpio = asking(Service {
+            devices: vec![Device {
+                host: "/dev/gpiomem".into(),
+                container: "/dev/gpiomem".into(),
+                permissions: "rw".into(),
+            }],
+            ..Default::default()
+        });
+        let owner = PolicyConfig {
+            devices: vec!["/dev/ttyUSB*".into()],
+            ..Default::default()
+        };
+        assert!(policy(owner).check(&gpio).is_err());
+    }
+
+    #[test]
+    fn wildcards_match_runs_of_characters() {
+        assert!(wildcard("/dev/ttyUSB*", "/dev/ttyUSB0"));
+        assert!(wildcard("/dev/ttyUSB*", "/dev/ttyUSB"));
+        assert!(!wildcard("/dev/ttyUSB*", "/dev/ttyACM0"));
+        assert!(wildcard("net.*.somaxconn", "net.core.somaxconn"));
+        assert!(wildcard("/dev/video0", "/dev/video0"));
+        assert!(!wildcard("/dev/video0", "/dev/video01"));
+        assert!(wildcard("*", "anything"));
     }
 
     #[test]

@@ -347,6 +347,14 @@ impl<R: ContainerRuntime> Agent<R> {
         self.publish(id, shown);
         let steps = plan::plan(&[], observed, self.settings.remove_volumes);
         if steps.is_empty() {
+            // The data of its relative binds goes with its named volumes, and only then.
+            let data = crate::desired::data_dir(&self.settings.state_dir.join("packages"), id);
+            if self.settings.remove_volumes
+                && data.exists()
+                && let Err(e) = std::fs::remove_dir_all(&data)
+            {
+                tracing::warn!(deployment = %id, error = %e, "removing the data directory failed");
+            }
             self.workers.collect_garbage();
             return Ok(Action::Done);
         }

@@ -451,7 +451,7 @@ fn service_changes(old: &Service, new: &Service) -> Vec<(String, String, String)
             .map(|m| match m {
                 Mount::Volume { source, target, .. } => format!("{source}:{target}"),
                 Mount::Bind { source, target, .. } => match source {
-                    BindSource::Host(path) => format!("{path}:{target}"),
+                    BindSource::Host(path) | BindSource::Data(path) => format!("{path}:{target}"),
                     BindSource::Package(path) => format!("./{path}:{target}"),
                 },
                 Mount::Tmpfs { target, .. } => format!("tmpfs:{target}"),
@@ -513,10 +513,10 @@ mod tests {
                     services: vec![Service {
                         name: "web".into(),
                         image: image.into(),
-                        environment: env
-                            .iter()
+                        environment: (env.iter())
                             .map(|(k, v)| (k.to_string(), v.to_string()))
-                            .collect(),
+                            .collect::<BTreeMap<_, _>>()
+                            .into(),
                         ..Default::default()
                     }],
                     ..Default::default()

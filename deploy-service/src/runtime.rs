@@ -137,6 +137,16 @@ pub struct ContainerPlan {
     pub volumes: BTreeMap<String, String>,
     /// Host directory holding the component's package, for relative bind mounts.
     pub package_dir: std::path::PathBuf,
+    /// Engine names of the component's containers, by service, for what one service shares
+    /// with another (`network_mode`, `pid`, `ipc: service:NAME`).
+    pub containers: BTreeMap<String, String>,
+}
+
+impl ContainerPlan {
+    /// The engine name of the container of `service` in the same component.
+    pub fn container_of<'a>(&'a self, service: &'a str) -> &'a str {
+        self.containers.get(service).map_or(service, String::as_str)
+    }
 }
 
 /// Facts about the engine and host, for device capabilities.

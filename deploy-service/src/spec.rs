@@ -21,7 +21,10 @@ pub struct Project {
 }
 
 /// One compose service: the container that should run.
-#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+///
+/// Keys added after the first release are left out of the stored form while they are unset,
+/// so a service that does not use them keeps its hash and its container.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Service {
     /// The compose service name.
     pub name: String,
@@ -32,12 +35,13 @@ pub struct Service {
     /// Overrides the image's entrypoint.
     pub entrypoint: Option<Vec<String>>,
     /// Environment after `env_file` and `environment` are merged (environment wins).
-    pub environment: BTreeMap<String, String>,
+    pub environment: Environment,
     /// Published ports.
     pub ports: Vec<Port>,
     /// Volume, bind and tmpfs mounts.
     pub mounts: Vec<Mount>,
-    /// Networks the container joins; `default` when the file names none.
+    /// Networks the container joins; `default` when the file names none (and none with a
+    /// `network_mode`).
     pub networks: Vec<NetworkAttachment>,
     /// Services that must start (or be healthy) first.
     pub depends_on: Vec<Dependency>,
@@ -57,45 +61,246 @@ pub struct Service {
     pub cap_drop: Vec<String>,
     /// Mount the root filesystem read-only.
     pub read_only: bool,
-    /// Memory limit in bytes.
+    /// Memory limit in bytes (`mem_limit` or `deploy.resources.limits.memory`).
     pub mem_limit: Option<i64>,
     /// CPU limit in billionths of a CPU (compose `cpus: 1.5` is 1_500_000_000).
     pub nano_cpus: Option<i64>,
     /// Log driver and its options.
     pub logging: Option<Logging>,
+    /// The container's own name (`container_name`), instead of the one the agent derives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    /// Host name inside the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Domain name inside the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domainname: Option<String>,
+    /// MAC address on the first network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
+    /// Ports exposed to other containers only (`expose`), as `port/protocol`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<String>,
+    /// The container's network namespace instead of project networks (`network_mode`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_mode: Option<NetworkMode>,
+    /// Other services reachable under extra names (`links`: `service` or `service:alias`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<String>,
+    /// DNS servers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+    /// DNS search domains.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_search: Vec<String>,
+    /// DNS resolver options.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_opt: Vec<String>,
+    /// Extra `/etc/hosts` entries, as `host:address`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<String>,
+    /// Full access to the host's devices and kernel (`privileged`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
+    /// Host devices mapped into the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<Device>,
+    /// Device cgroup rules, e.g. `c 188:* rmw`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_cgroup_rules: Vec<String>,
+    /// GPUs and other devices reserved through the engine's device drivers
+    /// (`deploy.resources.reservations.devices`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_requests: Vec<DeviceRequest>,
+    /// Security options, e.g. `no-new-privileges:true`, `apparmor=profile`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_opt: Vec<String>,
+    /// Kernel parameters set in the container's namespaces.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctls: BTreeMap<String, String>,
+    /// Namespaces shared with the host or another service: `pid`, `ipc`, `uts`, `userns_mode`.
+    #[serde(default, skip_serializing_if = "Namespaces::is_empty")]
+    pub namespaces: Namespaces,
+    /// The OCI runtime, e.g. `runc`, `nvidia`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    /// Keep stdin open (`stdin_open`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin_open: bool,
+    /// Allocate a terminal (`tty`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    /// Run an init process as PID 1 (`init`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<bool>,
+    /// The image platform, e.g. `linux/arm64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// When the image is pulled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_policy: Option<PullPolicy>,
+    /// The signal that stops the container (`stop_signal`), `SIGTERM` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// How long a stop waits before killing, in seconds (`stop_grace_period`); 10 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_period_s: Option<i64>,
+    /// Resource limits beyond memory and CPUs.
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
+    /// Supplementary groups of the container's user.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_add: Vec<String>,
+    /// tmpfs mounts given as `tmpfs:` entries: path and the options compose passes on
+    /// (`rw,noexec,nosuid,size=64m`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tmpfs: BTreeMap<String, String>,
+    /// OCI annotations of the container.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
-// By hand, to keep environment values out of anything that prints a service: they carry the
-// apps' secrets (database passwords passed as Margo parameters).
-impl std::fmt::Debug for Service {
+/// A service's environment: values are often secrets, so printing it shows only the keys.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Environment(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for Environment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let environment: BTreeMap<&str, &str> = self
-            .environment
-            .keys()
-            .map(|k| (k.as_str(), "<redacted>"))
-            .collect();
-        f.debug_struct("Service")
-            .field("name", &self.name)
-            .field("image", &self.image)
-            .field("command", &self.command)
-            .field("entrypoint", &self.entrypoint)
-            .field("environment", &environment)
-            .field("ports", &self.ports)
-            .field("mounts", &self.mounts)
-            .field("networks", &self.networks)
-            .field("depends_on", &self.depends_on)
-            .field("healthcheck", &self.healthcheck)
-            .field("restart", &self.restart)
-            .field("labels", &self.labels)
-            .field("user", &self.user)
-            .field("working_dir", &self.working_dir)
-            .field("cap_add", &self.cap_add)
-            .field("cap_drop", &self.cap_drop)
-            .field("read_only", &self.read_only)
-            .field("mem_limit", &self.mem_limit)
-            .field("nano_cpus", &self.nano_cpus)
-            .field("logging", &self.logging)
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, "<redacted>")))
             .finish()
+    }
+}
+
+impl std::ops::Deref for Environment {
+    type Target = BTreeMap<String, String>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Environment {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl From<BTreeMap<String, String>> for Environment {
+    fn from(map: BTreeMap<String, String>) -> Self {
+        Environment(map)
+    }
+}
+
+/// A service's `network_mode`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    /// The host's network stack.
+    Host,
+    /// No network but loopback.
+    None,
+    /// The engine's default bridge.
+    Bridge,
+    /// The network stack of another service of the project.
+    Service(String),
+}
+
+/// Namespaces a container shares instead of getting its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Namespaces {
+    /// `pid`: `host` or `service:NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<String>,
+    /// `ipc`: `host`, `shareable`, `private`, `none` or `service:NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipc: Option<String>,
+    /// `uts`: `host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uts: Option<String>,
+    /// `userns_mode`: `host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<String>,
+}
+
+impl Namespaces {
+    fn is_empty(&self) -> bool {
+        *self == Namespaces::default()
+    }
+}
+
+/// A host device mapped into the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// The device on the host, e.g. `/dev/ttyUSB0`.
+    pub host: String,
+    /// Where it appears in the container.
+    pub container: String,
+    /// cgroup permissions: some of `r`, `w`, `m`.
+    pub permissions: String,
+}
+
+/// Devices reserved through an engine device driver (`capabilities: [gpu]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRequest {
+    /// The driver, e.g. `nvidia`; the engine picks one when empty.
+    pub driver: Option<String>,
+    /// How many (-1: all); unused when `device_ids` is given.
+    pub count: Option<i64>,
+    /// Particular devices.
+    pub device_ids: Vec<String>,
+    /// Capabilities the devices must have, e.g. `gpu`.
+    pub capabilities: Vec<String>,
+    /// Driver options.
+    pub options: BTreeMap<String, String>,
+}
+
+/// When an image is pulled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullPolicy {
+    /// When the engine lacks it (the default).
+    Missing,
+    /// On every apply of a release that changes the container.
+    Always,
+    /// Never: the image must be on the device.
+    Never,
+}
+
+/// Resource limits and reservations other than memory and CPU limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// Most processes (`pids_limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<i64>,
+    /// Memory plus swap in bytes; -1 for unlimited swap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memswap_limit: Option<i64>,
+    /// Memory soft limit in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_reservation: Option<i64>,
+    /// Size of `/dev/shm` in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<i64>,
+    /// Relative CPU weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_shares: Option<i64>,
+    /// CPUs the container may run on, e.g. `0-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpuset: Option<String>,
+    /// OOM killer preference, -1000 to 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_score_adj: Option<i64>,
+    /// Process limits (`ulimits`): name, soft, hard.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<(String, i64, i64)>,
+}
+
+impl Resources {
+    fn is_empty(&self) -> bool {
+        *self == Resources::default()
     }
 }
 
@@ -133,6 +338,9 @@ pub enum Mount {
         target: String,
         /// Mount read-only.
         read_only: bool,
+        /// SELinux relabelling: `z` (shared with other containers) or `Z` (private).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relabel: Option<char>,
     },
     /// A tmpfs mount.
     Tmpfs {
@@ -151,6 +359,9 @@ pub enum BindSource {
     Host(String),
     /// A normalised path inside the component's package (never escaping it), e.g. `config/app.ini`.
     Package(String),
+    /// The deployment's own data directory for a relative path the package does not ship
+    /// (absolute, under the agent's state directory); it outlives releases.
+    Data(String),
 }
 
 /// A network the container joins.
@@ -196,6 +407,9 @@ pub struct Healthcheck {
     pub retries: Option<i64>,
     /// Grace period after start.
     pub start_period_ns: Option<i64>,
+    /// Time between checks during the start period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_interval_ns: Option<i64>,
 }
 
 /// Log driver configuration.
@@ -245,7 +459,7 @@ mod tests {
     fn printing_a_service_shows_environment_keys_but_no_values() {
         let service = Service {
             name: "db".into(),
-            environment: BTreeMap::from([("POSTGRES_PASSWORD".into(), "hunter2".into())]),
+            environment: BTreeMap::from([("POSTGRES_PASSWORD".into(), "hunter2".into())]).into(),
             ..Default::default()
         };
         let shown = format!("{service:?}");

@@ -168,6 +168,7 @@ mod tests {
             networks: Default::default(),
             volumes: Default::default(),
             package_dir: "/p".into(),
+            containers: Default::default(),
         }
     }
 

@@ -38,7 +38,7 @@ impl fmt::Display for InterpolationError {
 }
 
 /// Expands `$NAME`, `${NAME}`, the `:-`, `-`, `:?`, `?`, `:+` and `+` forms and `$$` in
-/// `template`, like `NAME=value docker compose up` with exactly `variables` set. An unset
+/// `template` (a `$` before anything else is kept), like `NAME=value docker compose up` with exactly `variables` set. An unset
 /// variable without a default expands to the empty string. Defaults and alternatives may
 /// themselves hold templates; they are only expanded when used.
 pub(super) fn interpolate(
@@ -60,13 +60,12 @@ pub(super) fn interpolate(
             out.push_str(&expand_braced(&braced[..close], variables)?);
             rest = &braced[close + 1..];
         } else {
+            // A `$` that starts no name stays as written, as in Compose v2 (`^x$`, `$(id -g)`).
             let length = name_length(after);
-            if length == 0 {
-                return Err(InterpolationError::Syntax(format!(
-                    "`$` in `{template}` is not followed by a variable name (write `$$` for a literal `$`)"
-                )));
+            match length {
+                0 => out.push('$'),
+                _ => out.push_str(variables.get(&after[..length]).map_or("", String::as_str)),
             }
-            out.push_str(variables.get(&after[..length]).map_or("", String::as_str));
             rest = &after[length..];
         }
     }
@@ -280,6 +279,12 @@ mod tests {
             ("_${NAME}_", "_web_"),
             ("${_UNDER}", ""),
             ("ünïcode $NAME ✓", "ünïcode web ✓"),
+            // A `$` that starts no variable is kept, as Compose v2 keeps it.
+            ("$", "$"),
+            ("a $ b", "a $ b"),
+            ("^https?://x(:[0-9]+)?$", "^https?://x(:[0-9]+)?$"),
+            ("app:$(id -g)", "app:$(id -g)"),
+            ("$1$NAME", "$1web"),
         ];
         let variables = variables();
         for (template, expected) in cases {
@@ -335,9 +340,6 @@ mod tests {
             "${1ABC}",
             "${NAME:x}",
             "${NAME!}",
-            "$",
-            "a $ b",
-            "$1",
             "${UNSET:-${B}",
         ] {
             assert!(

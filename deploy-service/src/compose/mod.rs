@@ -21,13 +21,13 @@ use serde_yaml_ng::Value;
 
 use crate::error::{Error, Result};
 use crate::spec::{
-    BindSource, Dependency, Healthcheck, Logging, Mount, Network, NetworkAttachment, Project,
-    Service, Volume,
+    BindSource, Condition, Dependency, DeviceRequest, Healthcheck, Logging, Mount, Namespaces,
+    Network, NetworkAttachment, NetworkMode, Project, PullPolicy, Resources, Service, Volume,
 };
 use model::{
-    ByteSize, Command, ComposeFile, Cpus, DependsOn, Duration, Entries, External, Flag, HealthTest,
-    Integer, LoggingDef, MountEntry, NetworkDef, OneOrMany, Restart, ServiceDef, ServiceNetworks,
-    Text, TmpfsEntry, VolumeDef,
+    ByteSize, Command, ComposeFile, Cpus, DependsOn, DeployDef, DeviceEntry, Duration, Entries,
+    External, Flag, HealthTest, Integer, LoggingDef, MountEntry, NetworkDef, OneOrMany, Restart,
+    ServiceDef, ServiceNetworks, SwapSize, Text, TmpfsEntry, UlimitDef, VolumeDef,
 };
 use syntax::MountDef;
 
@@ -90,8 +90,8 @@ fn project_environment(
     let dot_env = syntax::package_path(dir, ".env").unwrap_or_else(|| ".env".to_owned());
     if let Some(bytes) = package_files.get(&dot_env) {
         let text = std::str::from_utf8(bytes).map_err(|_| format!("{dot_env}: not valid UTF-8"))?;
-        let entries =
-            syntax::parse_env_file(text).map_err(|reason| format!("{dot_env}: {reason}"))?;
+        let entries = syntax::parse_env_file(text, variables)
+            .map_err(|reason| format!("{dot_env}: {reason}"))?;
         for (key, value) in entries {
             // A bare `KEY` in `.env` has nothing to take its value from.
             if let Some(value) = value {
@@ -206,17 +206,40 @@ impl Resolver<'_> {
         if definitions.is_empty() {
             return Err("services: the file defines no services".to_owned());
         }
+        // As `docker compose up` with COMPOSE_PROFILES: a service with profiles runs only when
+        // one of them is active.
+        let active: BTreeSet<&str> = (self.environment.get("COMPOSE_PROFILES"))
+            .map(|p| p.split(',').map(str::trim).collect())
+            .unwrap_or_default();
+        let definitions: Vec<(String, ServiceDef)> = (definitions.into_iter())
+            .filter(|(_, d)| {
+                let profiles = d.profiles.as_deref().unwrap_or_default();
+                profiles.is_empty() || profiles.iter().any(|p| active.contains(p.as_str()))
+            })
+            .collect();
+        if definitions.is_empty() {
+            return Err("services: no service runs without a profile, and COMPOSE_PROFILES names none of theirs".to_owned());
+        }
         let declared = Declared {
             networks: networks.iter().map(|n| n.name.as_str()).collect(),
             volumes: volumes.iter().map(|v| v.name.as_str()).collect(),
             services: definitions.iter().map(|(name, _)| name.as_str()).collect(),
         };
         let mut services = Vec::new();
+        let mut anonymous = Vec::new();
         for (name, definition) in &definitions {
             check_name("services", name)?;
-            services.push(self.service(name, definition, &declared)?);
+            services.push(self.service(name, definition, &declared, &mut anonymous)?);
         }
+        link_aliases(&mut services);
         check_dependency_cycles(&services)?;
+        volumes.extend(anonymous.into_iter().map(|name| Volume {
+            name,
+            driver: None,
+            driver_opts: BTreeMap::new(),
+            external: None,
+            labels: BTreeMap::new(),
+        }));
 
         let uses_default = services
             .iter()
@@ -237,6 +260,7 @@ impl Resolver<'_> {
         name: &str,
         definition: &ServiceDef,
         declared: &Declared<'_>,
+        anonymous: &mut Vec<String>,
     ) -> Result<Service, String> {
         let path = format!("services.{name}");
         let image = definition
@@ -248,16 +272,57 @@ impl Resolver<'_> {
             })?;
         let mut mounts = Vec::new();
         for (index, MountEntry(mount)) in definition.volumes.iter().flatten().enumerate() {
-            mounts.push(
-                self.mount(mount, declared)
+            let mount = match mount {
+                // A volume of its own, named after the service and path: it outlives the
+                // container, as Compose keeps anonymous volumes when it recreates one.
+                MountDef::Anonymous { target } => {
+                    let volume = anonymous_volume(name, target);
+                    anonymous.push(volume.clone());
+                    Mount::Volume {
+                        source: volume,
+                        target: target.clone(),
+                        read_only: false,
+                    }
+                }
+                mount => self
+                    .mount(mount, declared)
                     .map_err(|reason| format!("{path}.volumes[{index}]: {reason}"))?,
-            );
+            };
+            mounts.push(mount);
         }
-        for TmpfsEntry(mount) in definition.tmpfs.iter().flat_map(|t| &t.0) {
-            mounts.push(
-                self.mount(mount, declared)
-                    .map_err(|reason| format!("{path}.tmpfs: {reason}"))?,
-            );
+        let tmpfs = (definition.tmpfs.iter().flat_map(|t| &t.0))
+            .map(|TmpfsEntry(target, options)| (target.clone(), options.clone()))
+            .collect();
+        let deploy = definition.deploy.as_ref();
+        let limits = deploy
+            .and_then(|d| d.resources.as_ref())
+            .and_then(|r| r.limits.as_ref());
+        let reservations = deploy
+            .and_then(|d| d.resources.as_ref())
+            .and_then(|r| r.reservations.as_ref());
+        check_replicas(&path, definition.scale.as_ref(), deploy)?;
+        let network_mode = network_mode(&path, definition, declared)?;
+        let mut depends_on = dependencies(&path, definition.depends_on.as_ref(), declared)?;
+        // What `network_mode`, `pid` or `ipc` share and what `links` reach must run first.
+        let shared = [
+            network_mode.as_ref().and_then(|m| match m {
+                NetworkMode::Service(s) => Some(s.as_str()),
+                _ => None,
+            }),
+            (definition.pid.as_deref()).and_then(|p| p.strip_prefix("service:")),
+            (definition.ipc.as_deref()).and_then(|p| p.strip_prefix("service:")),
+        ];
+        let linked = definition.links.iter().flatten().map(|l| link_parts(l).0);
+        for service in shared.into_iter().flatten().chain(linked) {
+            if !declared.services.contains(service) {
+                return Err(format!("{path}: unknown service {service}"));
+            }
+            if !depends_on.iter().any(|d| d.service == service) {
+                depends_on.push(Dependency {
+                    service: service.to_owned(),
+                    condition: Condition::Started,
+                });
+            }
         }
         Ok(Service {
             name: name.to_owned(),
@@ -270,7 +335,7 @@ impl Resolver<'_> {
                 .entrypoint
                 .as_ref()
                 .map(|Command(words)| words.clone()),
-            environment: self.service_environment(&path, definition)?,
+            environment: self.service_environment(&path, definition)?.into(),
             ports: definition
                 .ports
                 .iter()
@@ -278,17 +343,21 @@ impl Resolver<'_> {
                 .flat_map(|entry| entry.0.iter().cloned())
                 .collect(),
             mounts,
-            networks: attachments(&path, definition.networks.as_ref(), declared)?,
-            depends_on: dependencies(&path, definition.depends_on.as_ref(), declared)?,
+            networks: match network_mode {
+                Some(_) => Vec::new(),
+                None => attachments(&path, definition.networks.as_ref(), declared)?,
+            },
+            depends_on,
             healthcheck: definition
                 .healthcheck
                 .as_ref()
                 .map(|healthcheck| self::healthcheck(&path, healthcheck))
                 .transpose()?,
-            restart: definition
-                .restart
-                .as_ref()
-                .map(|Restart(policy)| policy.clone()),
+            restart: match (&definition.restart, deploy.and_then(|d| d.restart_policy.as_ref())) {
+                (Some(Restart(policy)), _) => Some(policy.clone()),
+                (None, Some(policy)) => Some(restart_policy(&path, policy)?),
+                (None, None) => None,
+            },
             labels: labels(definition.labels.as_ref()),
             user: definition.user.as_ref().map(|Text(user)| user.clone()),
             working_dir: definition.working_dir.clone(),
@@ -298,9 +367,73 @@ impl Resolver<'_> {
                 .read_only
                 .as_ref()
                 .is_some_and(|Flag(flag)| *flag),
-            mem_limit: definition.mem_limit.as_ref().map(|ByteSize(bytes)| *bytes),
-            nano_cpus: definition.cpus.as_ref().map(|Cpus(nanos)| *nanos),
+            mem_limit: (definition.mem_limit.as_ref())
+                .or(limits.and_then(|l| l.memory.as_ref()))
+                .map(|ByteSize(bytes)| *bytes),
+            nano_cpus: (definition.cpus.as_ref())
+                .or(limits.and_then(|l| l.cpus.as_ref()))
+                .map(|Cpus(nanos)| *nanos),
             logging: definition.logging.as_ref().map(logging),
+            container_name: definition.container_name.clone(),
+            hostname: definition.hostname.clone(),
+            domainname: definition.domainname.clone(),
+            mac_address: definition.mac_address.clone(),
+            expose: (definition.expose.iter().flatten())
+                .map(|Text(port)| expose(&path, port))
+                .collect::<Result<_, _>>()?,
+            network_mode,
+            links: definition.links.clone().unwrap_or_default(),
+            dns: one_or_many(definition.dns.as_ref()),
+            dns_search: one_or_many(definition.dns_search.as_ref()),
+            dns_opt: definition.dns_opt.clone().unwrap_or_default(),
+            extra_hosts: extra_hosts(&path, definition.extra_hosts.as_ref())?,
+            privileged: flag(&definition.privileged),
+            devices: (definition.devices.iter().flatten())
+                .map(|DeviceEntry(device)| device.clone())
+                .collect(),
+            device_cgroup_rules: definition.device_cgroup_rules.clone().unwrap_or_default(),
+            device_requests: (reservations.and_then(|r| r.devices.as_ref()).into_iter().flatten())
+                .map(|d| DeviceRequest {
+                    driver: d.driver.clone(),
+                    count: d.count.as_ref().map(|c| c.0),
+                    device_ids: d.device_ids.clone().unwrap_or_default(),
+                    capabilities: d.capabilities.clone(),
+                    options: texts(d.options.as_ref()),
+                })
+                .collect(),
+            security_opt: definition.security_opt.clone().unwrap_or_default(),
+            sysctls: labels(definition.sysctls.as_ref()),
+            namespaces: namespaces(&path, definition)?,
+            runtime: definition.runtime.clone(),
+            stdin_open: flag(&definition.stdin_open),
+            tty: flag(&definition.tty),
+            init: definition.init.as_ref().map(|Flag(init)| *init),
+            platform: definition.platform.clone(),
+            pull_policy: pull_policy(&path, definition.pull_policy.as_deref())?,
+            stop_signal: definition.stop_signal.clone(),
+            stop_grace_period_s: (definition.stop_grace_period.as_ref())
+                .map(|Duration(nanos)| (nanos + 999_999_999) / 1_000_000_000),
+            resources: Resources {
+                pids_limit: (definition.pids_limit.as_ref())
+                    .or(limits.and_then(|l| l.pids.as_ref()))
+                    .map(|Integer(n)| *n),
+                memswap_limit: definition.memswap_limit.as_ref().map(|SwapSize(n)| *n),
+                mem_reservation: (definition.mem_reservation.as_ref())
+                    .or(reservations.and_then(|r| r.memory.as_ref()))
+                    .map(|ByteSize(n)| *n),
+                shm_size: definition.shm_size.as_ref().map(|ByteSize(n)| *n),
+                cpu_shares: definition.cpu_shares.as_ref().map(|Integer(n)| *n),
+                cpuset: definition.cpuset.clone(),
+                oom_score_adj: definition.oom_score_adj.as_ref().map(|Integer(n)| *n),
+                ulimits: (definition.ulimits.iter().flatten())
+                    .map(|(name, UlimitDef(soft, hard))| (name.clone(), *soft, *hard))
+                    .collect(),
+            },
+            group_add: (definition.group_add.iter().flatten())
+                .map(|Text(group)| group.clone())
+                .collect(),
+            tmpfs,
+            annotations: labels(definition.annotations.as_ref()),
         })
     }
 
@@ -319,7 +452,7 @@ impl Resolver<'_> {
             let text = self
                 .package_text(env_file)
                 .map_err(|reason| format!("{path}.env_file: {reason}"))?;
-            let entries = syntax::parse_env_file(text)
+            let entries = syntax::parse_env_file(text, self.environment)
                 .map_err(|reason| format!("{path}.env_file: {env_file}: {reason}"))?;
             for (key, value) in entries {
                 if let Some(value) = self.resolve_value(&key, value) {
@@ -380,9 +513,14 @@ impl Resolver<'_> {
                 source,
                 target,
                 read_only,
+                relabel,
             } => {
                 let source = if source.starts_with('/') {
                     BindSource::Host(source.clone())
+                } else if let Some(rest) = source.strip_prefix('~') {
+                    // As Compose: the home of whoever runs it; the policy decides on the path.
+                    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".to_owned());
+                    BindSource::Host(format!("{home}{rest}"))
                 } else {
                     BindSource::Package(
                         syntax::package_path(self.dir, source)
@@ -393,12 +531,14 @@ impl Resolver<'_> {
                     source,
                     target: target.clone(),
                     read_only: *read_only,
+                    relabel: *relabel,
                 })
             }
             MountDef::Tmpfs { target, size } => Ok(Mount::Tmpfs {
                 target: target.clone(),
                 size: *size,
             }),
+            MountDef::Anonymous { target } => Err(format!("{target}: an anonymous volume here")),
         }
     }
 }
@@ -462,18 +602,211 @@ fn dependencies(
     let named = depends_on
         .map(|DependsOn(named)| named.as_slice())
         .unwrap_or_default();
-    named
-        .iter()
-        .map(|(service, condition)| {
-            if !declared.services.contains(service.as_str()) {
-                return Err(format!("{path}.depends_on: unknown service {service}"));
-            }
-            Ok(Dependency {
+    let mut dependencies = Vec::new();
+    for (service, condition, required) in named {
+        match (declared.services.contains(service.as_str()), required) {
+            (true, _) => dependencies.push(Dependency {
                 service: service.clone(),
                 condition: *condition,
-            })
+            }),
+            // `required: false`: a service left out (by its profile) is simply not waited for.
+            (false, false) => {}
+            (false, true) => {
+                return Err(format!("{path}.depends_on: unknown service {service}"));
+            }
+        }
+    }
+    Ok(dependencies)
+}
+
+/// The volume key standing for an anonymous volume of `service` at `target`.
+fn anonymous_volume(service: &str, target: &str) -> String {
+    let path: String = (target.chars())
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("{service}{path}")
+}
+
+/// `links` entry `service[:alias]` as (service, alias).
+fn link_parts(link: &str) -> (&str, &str) {
+    link.split_once(':').unwrap_or((link, link))
+}
+
+/// `links` make a service reachable under an alias: the alias joins the linked service's
+/// names on each of its networks (user-defined networks resolve service names already).
+fn link_aliases(services: &mut [Service]) {
+    let links: Vec<(String, String)> = (services.iter().flat_map(|s| &s.links))
+        .map(|l| link_parts(l))
+        .filter(|(service, alias)| service != alias)
+        .map(|(service, alias)| (service.to_owned(), alias.to_owned()))
+        .collect();
+    for (service, alias) in links {
+        let Some(linked) = services.iter_mut().find(|s| s.name == service) else {
+            continue;
+        };
+        for attachment in &mut linked.networks {
+            if !attachment.aliases.contains(&alias) {
+                attachment.aliases.push(alias.clone());
+            }
+        }
+    }
+}
+
+/// One container per service: `scale` and `deploy.replicas` may say 1 (or leave it out).
+fn check_replicas(
+    path: &str,
+    scale: Option<&Integer>,
+    deploy: Option<&DeployDef>,
+) -> Result<(), String> {
+    let replicas = [
+        ("scale", scale),
+        ("deploy.replicas", deploy.and_then(|d| d.replicas.as_ref())),
+    ];
+    for (key, value) in replicas {
+        if let Some(Integer(n)) = value
+            && *n != 1
+        {
+            return Err(format!(
+                "{path}.{key}: {n} replicas are not supported (one container per service on this device)"
+            ));
+        }
+    }
+    match deploy.and_then(|d| d.mode.as_deref()) {
+        None | Some("replicated") => Ok(()),
+        Some(mode) => Err(format!(
+            "{path}.deploy.mode: `{mode}` is not supported (only replicated)"
+        )),
+    }
+}
+
+fn network_mode(
+    path: &str,
+    definition: &ServiceDef,
+    declared: &Declared<'_>,
+) -> Result<Option<NetworkMode>, String> {
+    let Some(mode) = definition.network_mode.as_deref() else {
+        return Ok(None);
+    };
+    if definition.networks.is_some() {
+        return Err(format!(
+            "{path}.network_mode: cannot be combined with networks"
+        ));
+    }
+    match mode {
+        "host" => Ok(Some(NetworkMode::Host)),
+        "none" => Ok(Some(NetworkMode::None)),
+        "bridge" => Ok(Some(NetworkMode::Bridge)),
+        other => match other.strip_prefix("service:") {
+            Some(service) if declared.services.contains(service) => {
+                Ok(Some(NetworkMode::Service(service.to_owned())))
+            }
+            Some(service) => Err(format!(
+                "{path}.network_mode: unknown service {service}"
+            )),
+            None => Err(format!(
+                "{path}.network_mode: `{other}` is not supported (host, none, bridge or service:NAME; join project networks with `networks`)"
+            )),
+        },
+    }
+}
+
+/// `deploy.restart_policy` as the engine's restart policy.
+fn restart_policy(path: &str, policy: &model::RestartPolicyDef) -> Result<String, String> {
+    let attempts = policy.max_attempts.as_ref().map(|Integer(n)| *n);
+    match (policy.condition.as_deref(), attempts) {
+        (Some("none"), _) => Ok("no".to_owned()),
+        (Some("on-failure"), Some(n)) if n > 0 => Ok(format!("on-failure:{n}")),
+        (Some("on-failure"), _) => Ok("on-failure".to_owned()),
+        (None | Some("any"), _) => Ok("always".to_owned()),
+        (Some(other), _) => Err(format!(
+            "{path}.deploy.restart_policy.condition: `{other}` is not none, on-failure or any"
+        )),
+    }
+}
+
+/// An `expose` entry (`80`, `8080/udp`, `9000-9001`), as `port/protocol` entries.
+fn expose(path: &str, port: &str) -> Result<String, String> {
+    let (number, protocol) = port.split_once('/').unwrap_or((port, "tcp"));
+    let valid_number = |n: &str| n.parse::<u16>().is_ok_and(|n| n > 0);
+    let valid = match number.split_once('-') {
+        Some((low, high)) => valid_number(low) && valid_number(high),
+        None => valid_number(number),
+    };
+    if !valid || !matches!(protocol, "tcp" | "udp" | "sctp") {
+        return Err(format!("{path}.expose: `{port}` is not a port like 8080 or 8080/udp"));
+    }
+    Ok(format!("{number}/{protocol}"))
+}
+
+fn one_or_many(values: Option<&OneOrMany<String>>) -> Vec<String> {
+    values.map(|OneOrMany(v)| v.clone()).unwrap_or_default()
+}
+
+fn flag(value: &Option<Flag>) -> bool {
+    value.as_ref().is_some_and(|Flag(flag)| *flag)
+}
+
+/// `extra_hosts` as `host:address`, from `host:address`, `host=address` or a mapping.
+fn extra_hosts(path: &str, entries: Option<&Entries>) -> Result<Vec<String>, String> {
+    let entries = entries.map(|Entries(e)| e.as_slice()).unwrap_or_default();
+    entries
+        .iter()
+        .map(|(key, value)| {
+            let (host, address) = match value {
+                Some(address) => (key.as_str(), address.as_str()),
+                None => key.split_once(':').ok_or_else(|| {
+                    format!("{path}.extra_hosts: `{key}` is not host:address")
+                })?,
+            };
+            let address = address.trim_start_matches('[').trim_end_matches(']');
+            if address != "host-gateway" && address.parse::<std::net::IpAddr>().is_err() {
+                return Err(format!(
+                    "{path}.extra_hosts: `{address}` is not an IP address (or host-gateway)"
+                ));
+            }
+            Ok(format!("{host}:{address}"))
         })
         .collect()
+}
+
+/// `pid`, `ipc`, `uts` and `userns_mode`: what the engine can share on its own.
+fn namespaces(path: &str, definition: &ServiceDef) -> Result<Namespaces, String> {
+    let check = |key: &str, value: &Option<String>, allowed: &[&str]| match value.as_deref() {
+        None => Ok(None),
+        Some(v) if allowed.contains(&v) => Ok(Some(v.to_owned())),
+        Some(v) if v.starts_with("service:") && matches!(key, "pid" | "ipc") => {
+            Ok(Some(v.to_owned()))
+        }
+        Some(v) => Err(format!(
+            "{path}.{key}: `{v}` is not supported (one of {})",
+            allowed.join(", ")
+        )),
+    };
+    Ok(Namespaces {
+        pid: check("pid", &definition.pid, &["host"])?,
+        ipc: check(
+            "ipc",
+            &definition.ipc,
+            &["host", "shareable", "private", "none"],
+        )?,
+        uts: check("uts", &definition.uts, &["host"])?,
+        userns: check("userns_mode", &definition.userns_mode, &["host"])?,
+    })
+}
+
+fn pull_policy(path: &str, policy: Option<&str>) -> Result<Option<PullPolicy>, String> {
+    match policy {
+        None => Ok(None),
+        Some("missing" | "if_not_present") => Ok(Some(PullPolicy::Missing)),
+        Some("always") => Ok(Some(PullPolicy::Always)),
+        Some("never") => Ok(Some(PullPolicy::Never)),
+        Some("build") => Err(format!(
+            "{path}.pull_policy: build is not supported: this device does not build images"
+        )),
+        Some(other) => Err(format!(
+            "{path}.pull_policy: `{other}` is not supported (missing, always or never)"
+        )),
+    }
 }
 
 /// Refuses `depends_on` cycles (including a service depending on itself): nothing in a cycle
@@ -562,6 +895,7 @@ fn healthcheck(path: &str, definition: &model::HealthcheckDef) -> Result<Healthc
         timeout_ns: nanos(&definition.timeout),
         retries,
         start_period_ns: nanos(&definition.start_period),
+        start_interval_ns: nanos(&definition.start_interval),
     })
 }
 
@@ -672,7 +1006,7 @@ fn external_name(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{Condition, Port};
+    use crate::spec::{Environment, Port};
 
     fn strings(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -823,12 +1157,12 @@ volumes:
             image: "registry.local:5000/web:1.2".into(),
             command: Some(vec!["serve".into(), "--port".into(), "80".into()]),
             entrypoint: None,
-            environment: strings(&[
+            environment: Environment(strings(&[
                 ("BACKEND_URL", "http://backend:9000"),
                 // `environment` (interpolated from .env) wins over the env_file.
                 ("LOG_LEVEL", "info"),
                 ("WORKERS", "4"),
-            ]),
+            ])),
             ports: vec![
                 Port {
                     host_ip: None,
@@ -847,6 +1181,7 @@ volumes:
                 source: BindSource::Package("app/config/nginx.conf".into()),
                 target: "/etc/nginx/nginx.conf".into(),
                 read_only: true,
+                    relabel: None,
             }],
             networks: vec![
                 NetworkAttachment {
@@ -873,6 +1208,7 @@ volumes:
             mem_limit: None,
             nano_cpus: None,
             logging: None,
+            ..Default::default()
         };
         let backend = Service {
             name: "backend".into(),
@@ -883,7 +1219,7 @@ volumes:
                 "--listen".into(),
                 "0.0.0.0:9000".into(),
             ]),
-            environment: BTreeMap::new(),
+            environment: Environment::default(),
             ports: vec![],
             mounts: vec![
                 Mount::Volume {
@@ -895,12 +1231,10 @@ volumes:
                     source: BindSource::Host("/etc/localtime".into()),
                     target: "/etc/localtime".into(),
                     read_only: true,
-                },
-                Mount::Tmpfs {
-                    target: "/tmp".into(),
-                    size: Some(64 * 1024 * 1024),
+                    relabel: None,
                 },
             ],
+            tmpfs: strings(&[("/tmp", "size=64m")]),
             networks: vec![NetworkAttachment {
                 network: "back".into(),
                 aliases: vec!["api".into()],
@@ -915,6 +1249,7 @@ volumes:
                 timeout_ns: Some(90_000_000_000),
                 retries: Some(3),
                 start_period_ns: Some(500_000_000),
+                start_interval_ns: None,
             }),
             restart: None,
             labels: BTreeMap::new(),
@@ -929,6 +1264,7 @@ volumes:
                 driver: Some("json-file".into()),
                 options: strings(&[("max-size", "10m"), ("max-file", "3")]),
             }),
+            ..Default::default()
         };
         let expected = Project {
             services: vec![web, backend],
@@ -958,16 +1294,16 @@ volumes:
     fn unsupported_keys_are_named_by_path() {
         let cases = [
             (
-                "services:\n  web:\n    image: nginx\n    privileged: true\n",
-                "services.web.privileged: unsupported key",
+                "services:\n  web:\n    image: nginx\n    develop: {}\n",
+                "services.web.develop: unsupported key",
             ),
             (
-                "services:\n  web:\n    image: nginx\nconfigs: {}\n",
-                "configs: unsupported key",
+                "services:\n  web:\n    image: nginx\n    deploy:\n      placement: {}\n",
+                "services.web.deploy.placement: unsupported key",
             ),
             (
-                "services:\n  web:\n    image: nginx\n    healthcheck:\n      test: [\"NONE\"]\n      start_interval: 5s\n",
-                "services.web.healthcheck.start_interval: unsupported key",
+                "services:\n  web:\n    image: nginx\n    external_links: [other]\n",
+                "services.web.external_links: unsupported key",
             ),
             (
                 "services:\n  web:\n    image: nginx\n    ports:\n      - target: 80\n        mode: host\n",
@@ -978,8 +1314,8 @@ volumes:
                 "services.web.networks.front.ipv4_address: unsupported key",
             ),
             (
-                "services:\n  web:\n    image: nginx\n    volumes:\n      - type: volume\n        source: data\n        target: /d\n        volume:\n          nocopy: true\nvolumes:\n  data:\n",
-                "services.web.volumes[0].volume: unsupported key",
+                "services:\n  web:\n    image: nginx\n    volumes:\n      - type: volume\n        source: data\n        target: /d\n        volume:\n          subpath: x\nvolumes:\n  data:\n",
+                "services.web.volumes[0].volume.subpath: unsupported key",
             ),
             (
                 "services:\n  web:\n    image: nginx\nnetworks:\n  front:\n    ipam: {}\n",
@@ -989,6 +1325,263 @@ volumes:
         for (yaml, expected) in cases {
             assert_eq!(error_of(yaml), expected, "yaml:\n{yaml}");
         }
+    }
+
+    /// The keys people write beyond the basics, each to its field.
+    #[test]
+    fn the_wider_service_surface_maps_to_the_service() {
+        let yaml = r#"
+name: ignored
+x-common: &common
+  restart: unless-stopped
+  logging:
+    driver: json-file
+services:
+  hub:
+    <<: *common
+    image: hub:1
+    container_name: mqtt-hub
+    hostname: hub
+    domainname: example.lan
+    expose: ["1883", "9000-9001/udp"]
+    dns: 10.0.0.53
+    dns_search: [lan]
+    dns_opt: [ndots:1]
+    extra_hosts: ["db.local:10.0.0.2", "gw=host-gateway", "v6:::1"]
+    privileged: true
+    devices: ["/dev/ttyUSB0:/dev/zigbee", {source: /dev/snd, permissions: r}]
+    device_cgroup_rules: ["c 188:* rmw"]
+    security_opt: ["no-new-privileges:true"]
+    sysctls: {net.core.somaxconn: 1024}
+    ipc: shareable
+    runtime: runc
+    stdin_open: true
+    tty: true
+    init: true
+    platform: linux/arm64
+    pull_policy: if_not_present
+    stop_signal: SIGINT
+    stop_grace_period: 1m30s
+    pids_limit: 100
+    memswap_limit: -1
+    mem_reservation: 64m
+    shm_size: 256m
+    cpu_shares: 512
+    cpuset: "0-1"
+    oom_score_adj: -500
+    ulimits: {nofile: {soft: 1024, hard: 2048}, nproc: 65535}
+    group_add: [dialout, 20]
+    annotations: {org.example/owner: ops}
+    tmpfs: ["/tmp:rw,noexec,nosuid,size=64m"]
+    volumes: ["/app/node_modules", "~/data:/data:z"]
+    links: ["cache:store"]
+    healthcheck: {test: "true", start_interval: 2s}
+    deploy:
+      replicas: 1
+      resources:
+        limits: {cpus: "0.5", memory: 128m, pids: 50}
+        reservations:
+          cpus: "0.25"
+          memory: 32m
+          devices: [{driver: nvidia, count: all, capabilities: [gpu]}]
+  db:
+    image: db:1
+    network_mode: "service:hub"
+    pid: "service:hub"
+    deploy:
+      restart_policy: {condition: on-failure, max_attempts: 3, delay: 5s}
+    depends_on:
+      hub: {condition: service_started, restart: true}
+      metrics: {condition: service_started, required: false}
+  cache:
+    image: cache:1
+  metrics:
+    image: metrics:1
+    profiles: [debug]
+"#;
+        let project = load_str(yaml).expect("loads");
+        assert_eq!(
+            project.services.iter().map(|s| &s.name).collect::<Vec<_>>(),
+            ["hub", "db", "cache"],
+            "a service whose profile is not active is left out"
+        );
+        let hub = service_named(&project, "hub");
+        assert_eq!(hub.restart.as_deref(), Some("unless-stopped"));
+        assert_eq!(hub.container_name.as_deref(), Some("mqtt-hub"));
+        assert_eq!(hub.hostname.as_deref(), Some("hub"));
+        assert_eq!(hub.domainname.as_deref(), Some("example.lan"));
+        assert_eq!(hub.expose, ["1883/tcp", "9000-9001/udp"]);
+        assert_eq!(hub.dns, ["10.0.0.53"]);
+        assert_eq!(hub.dns_search, ["lan"]);
+        assert_eq!(hub.dns_opt, ["ndots:1"]);
+        assert_eq!(
+            hub.extra_hosts,
+            ["db.local:10.0.0.2", "gw:host-gateway", "v6:::1"]
+        );
+        assert!(hub.privileged);
+        assert_eq!(hub.devices.len(), 2);
+        assert_eq!(hub.devices[0].container, "/dev/zigbee");
+        assert_eq!(hub.devices[1].permissions, "r");
+        assert_eq!(hub.device_cgroup_rules, ["c 188:* rmw"]);
+        assert_eq!(hub.security_opt, ["no-new-privileges:true"]);
+        assert_eq!(hub.sysctls, strings(&[("net.core.somaxconn", "1024")]));
+        assert_eq!(hub.namespaces.ipc.as_deref(), Some("shareable"));
+        assert_eq!(hub.runtime.as_deref(), Some("runc"));
+        assert!(hub.stdin_open && hub.tty);
+        assert_eq!(hub.init, Some(true));
+        assert_eq!(hub.platform.as_deref(), Some("linux/arm64"));
+        assert_eq!(hub.pull_policy, Some(crate::spec::PullPolicy::Missing));
+        assert_eq!(hub.stop_signal.as_deref(), Some("SIGINT"));
+        assert_eq!(hub.stop_grace_period_s, Some(90));
+        let r = &hub.resources;
+        assert_eq!(r.pids_limit, Some(100));
+        assert_eq!(r.memswap_limit, Some(-1));
+        assert_eq!(r.mem_reservation, Some(64 << 20));
+        assert_eq!(r.shm_size, Some(256 << 20));
+        assert_eq!(r.cpu_shares, Some(512));
+        assert_eq!(r.cpuset.as_deref(), Some("0-1"));
+        assert_eq!(r.oom_score_adj, Some(-500));
+        assert_eq!(
+            r.ulimits,
+            [("nofile".into(), 1024, 2048), ("nproc".into(), 65535, 65535)]
+        );
+        assert_eq!(hub.mem_limit, Some(128 << 20));
+        assert_eq!(hub.nano_cpus, Some(500_000_000));
+        assert_eq!(hub.group_add, ["dialout", "20"]);
+        assert_eq!(hub.annotations, strings(&[("org.example/owner", "ops")]));
+        assert_eq!(hub.tmpfs, strings(&[("/tmp", "rw,noexec,nosuid,size=64m")]));
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        assert_eq!(
+            hub.mounts,
+            [
+                Mount::Volume {
+                    source: "hub_app_node_modules".into(),
+                    target: "/app/node_modules".into(),
+                    read_only: false
+                },
+                Mount::Bind {
+                    source: BindSource::Host(format!("{home}/data")),
+                    target: "/data".into(),
+                    read_only: false,
+                    relabel: Some('z')
+                },
+            ]
+        );
+        assert!(
+            project.volumes.iter().any(|v| v.name == "hub_app_node_modules"),
+            "the anonymous volume is one of the project's"
+        );
+        assert_eq!(
+            hub.healthcheck.as_ref().and_then(|h| h.start_interval_ns),
+            Some(2_000_000_000)
+        );
+        assert_eq!(hub.device_requests.len(), 1);
+        assert_eq!(hub.device_requests[0].count, Some(-1));
+        assert_eq!(hub.device_requests[0].capabilities, ["gpu"]);
+        assert_eq!(hub.links, ["cache:store"]);
+        let cache = service_named(&project, "cache");
+        assert_eq!(cache.networks[0].aliases, ["store"]);
+
+        let db = service_named(&project, "db");
+        assert_eq!(db.network_mode, Some(NetworkMode::Service("hub".into())));
+        assert!(db.networks.is_empty(), "network_mode replaces networks");
+        assert_eq!(db.namespaces.pid.as_deref(), Some("service:hub"));
+        assert_eq!(db.restart.as_deref(), Some("on-failure:3"));
+        assert_eq!(
+            db.depends_on,
+            [Dependency {
+                service: "hub".into(),
+                condition: Condition::Started
+            }],
+            "an optional dependency on a left-out service is dropped"
+        );
+
+        // COMPOSE_PROFILES turns a profile on.
+        let variables = strings(&[("COMPOSE_PROFILES", "debug")]);
+        let project = load("app/compose.yaml", yaml.as_bytes(), &variables, &BTreeMap::new())
+            .expect("loads");
+        assert_eq!(project.services.len(), 4);
+    }
+
+    #[test]
+    fn what_one_engine_cannot_honour_is_named() {
+        for (yaml, expected) in [
+            (
+                "services:\n  web:\n    image: w\n    scale: 3\n",
+                "services.web.scale: 3 replicas are not supported",
+            ),
+            (
+                "services:\n  web:\n    image: w\n    deploy:\n      replicas: 2\n",
+                "services.web.deploy.replicas: 2 replicas are not supported",
+            ),
+            (
+                "services:\n  web:\n    image: w\n    network_mode: host\n    networks: [default]\n",
+                "services.web.network_mode: cannot be combined with networks",
+            ),
+            (
+                "services:\n  web:\n    image: w\n    network_mode: container:other\n",
+                "services.web.network_mode: `container:other` is not supported",
+            ),
+            (
+                "services:\n  web:\n    image: w\n    pull_policy: build\n",
+                "services.web.pull_policy: build is not supported",
+            ),
+            (
+                "services:\n  web:\n    image: w\n    userns_mode: keep-id\n",
+                "services.web.userns_mode: `keep-id` is not supported",
+            ),
+            (
+                "services:\n  web:\n    image: w\n    volumes:\n",
+                "services.web.volumes: must be a list, not left empty",
+            ),
+            (
+                "services:\n  web:\n    image: w\n    extra_hosts: [\"db:not-an-ip\"]\n",
+                "services.web.extra_hosts: `not-an-ip` is not an IP address (or host-gateway)",
+            ),
+            (
+                "services:\n  web:\n    image: w\n    links: [nowhere]\n",
+                "services.web: unknown service nowhere",
+            ),
+        ] {
+            let message = load_str(yaml).map(|_| ()).map_err(|e| e.to_string());
+            let message = message.err().unwrap_or_else(|| format!("no error for:\n{yaml}"));
+            assert!(message.contains(expected), "{message}");
+        }
+    }
+
+    #[test]
+    fn links_give_the_linked_service_its_alias() {
+        let yaml = "services:\n  web:\n    image: w\n    links: [\"db:database\", cache]\n  db:\n    image: d\n  cache:\n    image: c\n";
+        let project = load_str(yaml).expect("loads");
+        let db = service_named(&project, "db");
+        assert_eq!(db.networks[0].aliases, ["database"]);
+        let web = service_named(&project, "web");
+        let after: Vec<&str> = web.depends_on.iter().map(|d| d.service.as_str()).collect();
+        assert_eq!(after, ["db", "cache"], "links start what they reach first");
+    }
+
+    #[test]
+    fn dot_env_values_refer_to_each_other_and_a_lone_dollar_stays() {
+        let package = files(&[(
+            "app/.env",
+            "ROOT_DIR=/srv\nDATA=${ROOT_DIR:-/mnt}/db\n",
+        )]);
+        let yaml = "services:\n  db:\n    image: d\n    volumes: [\"${DATA}:/var/lib/db\"]\n    \
+                    environment: [\"RE=^https?://x(:[0-9]+)?$\"]\n    user: \"app:$(id -g)\"\n";
+        let project = load("app/compose.yaml", yaml.as_bytes(), &BTreeMap::new(), &package)
+            .expect("loads");
+        let db = service_named(&project, "db");
+        assert_eq!(
+            db.mounts,
+            [Mount::Bind {
+                source: BindSource::Host("/srv/db".into()),
+                target: "/var/lib/db".into(),
+                read_only: false,
+                relabel: None
+            }]
+        );
+        assert_eq!(db.environment.0, strings(&[("RE", "^https?://x(:[0-9]+)?$")]));
+        assert_eq!(db.user.as_deref(), Some("app:$(id -g)"));
     }
 
     #[test]
@@ -1041,7 +1634,7 @@ volumes:
         let project = load_str(yaml).expect("loads");
         let web = service_named(&project, "web");
         assert_eq!(web.labels, strings(&[("x-trace", "on")]));
-        assert_eq!(web.environment, strings(&[("x-var", "kept")]));
+        assert_eq!(web.environment.0, strings(&[("x-var", "kept")]));
         assert_eq!(
             web.healthcheck.map(|h| h.test),
             Some(vec!["CMD".into(), "true".into()])
@@ -1075,7 +1668,7 @@ volumes:
         let web = service_named(&project, "web");
         assert_eq!(web.image, "img:2.0");
         assert_eq!(
-            web.environment,
+            web.environment.0,
             strings(&[
                 ("A", "var"),
                 ("B", "dot"),
@@ -1120,7 +1713,7 @@ volumes:
             message,
             "services.db.environment.POSTGRES_PASSWORD: required variable DB_PASSWORD is missing a value: set the database password"
         );
-        let message = error_of("services:\n  web:\n    image: nginx:$\n");
+        let message = error_of("services:\n  web:\n    image: nginx:${1}\n");
         assert!(
             message.starts_with("services.web.image: invalid interpolation"),
             "{message}"
@@ -1340,7 +1933,7 @@ volumes:
         // YAML 1.2 keeps an unquoted `no` a string, as compose files write it.
         assert_eq!(service_named(&project, "db").restart.as_deref(), Some("no"));
         assert_eq!(
-            web.environment,
+            web.environment.0,
             strings(&[
                 ("A", "1"),
                 ("EMPTY", ""),
@@ -1387,17 +1980,14 @@ volumes:
                 Mount::Bind {
                     source: BindSource::Package("app".into()),
                     target: "/pkg".into(),
-                    read_only: false
-                },
-                Mount::Tmpfs {
-                    target: "/run".into(),
-                    size: None
-                },
-                Mount::Tmpfs {
-                    target: "/var/run".into(),
-                    size: Some(1024)
+                    read_only: false,
+                    relabel: None
                 },
             ]
+        );
+        assert_eq!(
+            web.tmpfs,
+            strings(&[("/run", ""), ("/var/run", "size=1k")])
         );
         assert_eq!(
             web.depends_on,
@@ -1448,12 +2038,14 @@ volumes:
                 &Mount::Bind {
                     source: BindSource::Package("deep/shared/conf".into()),
                     target: "/conf".into(),
-                    read_only: false
+                    read_only: false,
+                    relabel: None
                 },
                 &Mount::Bind {
                     source: BindSource::Package("deep/app".into()),
                     target: "/pkg".into(),
-                    read_only: false
+                    read_only: false,
+                    relabel: None
                 },
             ]
         );

@@ -42,6 +42,8 @@ pub(super) struct ServiceDef {
     pub environment: Option<Entries>,
     pub env_file: Option<OneOrMany<String>>,
     pub ports: Option<Vec<PortEntry>>,
+    /// Present but null is an error, as in Compose ("must be a list").
+    #[serde(default, deserialize_with = "list")]
     pub volumes: Option<Vec<MountEntry>>,
     pub networks: Option<ServiceNetworks>,
     pub depends_on: Option<DependsOn>,
@@ -57,6 +59,233 @@ pub(super) struct ServiceDef {
     pub mem_limit: Option<ByteSize>,
     pub cpus: Option<Cpus>,
     pub logging: Option<LoggingDef>,
+    pub container_name: Option<String>,
+    pub hostname: Option<String>,
+    pub domainname: Option<String>,
+    pub mac_address: Option<String>,
+    pub expose: Option<Vec<Text>>,
+    pub network_mode: Option<String>,
+    pub links: Option<Vec<String>>,
+    pub dns: Option<OneOrMany<String>>,
+    pub dns_search: Option<OneOrMany<String>>,
+    pub dns_opt: Option<Vec<String>>,
+    pub extra_hosts: Option<Entries>,
+    pub privileged: Option<Flag>,
+    pub devices: Option<Vec<DeviceEntry>>,
+    pub device_cgroup_rules: Option<Vec<String>>,
+    pub security_opt: Option<Vec<String>>,
+    pub sysctls: Option<Entries>,
+    pub pid: Option<String>,
+    pub ipc: Option<String>,
+    pub uts: Option<String>,
+    pub userns_mode: Option<String>,
+    pub runtime: Option<String>,
+    pub stdin_open: Option<Flag>,
+    pub tty: Option<Flag>,
+    pub init: Option<Flag>,
+    pub platform: Option<String>,
+    pub pull_policy: Option<String>,
+    pub stop_signal: Option<String>,
+    pub stop_grace_period: Option<Duration>,
+    pub pids_limit: Option<Integer>,
+    pub memswap_limit: Option<SwapSize>,
+    pub mem_reservation: Option<ByteSize>,
+    pub shm_size: Option<ByteSize>,
+    pub cpu_shares: Option<Integer>,
+    pub cpuset: Option<String>,
+    pub oom_score_adj: Option<Integer>,
+    pub ulimits: Option<BTreeMap<String, UlimitDef>>,
+    pub group_add: Option<Vec<Text>>,
+    pub annotations: Option<Entries>,
+    pub profiles: Option<Vec<String>>,
+    pub scale: Option<Integer>,
+    pub deploy: Option<DeployDef>,
+}
+
+/// A service's `deploy`: the parts that mean something on one engine.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping of deploy keys")]
+pub(super) struct DeployDef {
+    /// Only `replicated` (the default) on one engine.
+    pub mode: Option<String>,
+    pub replicas: Option<Integer>,
+    pub resources: Option<ResourcesDef>,
+    pub restart_policy: Option<RestartPolicyDef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with limits and reservations")]
+pub(super) struct ResourcesDef {
+    pub limits: Option<LimitsDef>,
+    pub reservations: Option<ReservationsDef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with cpus, memory and pids")]
+pub(super) struct LimitsDef {
+    pub cpus: Option<Cpus>,
+    pub memory: Option<ByteSize>,
+    pub pids: Option<Integer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with cpus, memory and devices")]
+pub(super) struct ReservationsDef {
+    /// Accepted as Compose accepts it; a single engine has no CPU reservation.
+    #[serde(rename = "cpus")]
+    pub _cpus: Option<Cpus>,
+    pub memory: Option<ByteSize>,
+    pub devices: Option<Vec<DeviceRequestDef>>,
+}
+
+/// One `deploy.resources.reservations.devices` entry (GPUs and the like).
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with capabilities, driver, count, device_ids and options"
+)]
+pub(super) struct DeviceRequestDef {
+    pub capabilities: Vec<String>,
+    pub driver: Option<String>,
+    pub count: Option<DeviceCount>,
+    pub device_ids: Option<Vec<String>>,
+    pub options: Option<BTreeMap<String, Text>>,
+}
+
+/// `count`: a number or `all`.
+pub(super) struct DeviceCount(pub i64);
+
+impl<'de> Deserialize<'de> for DeviceCount {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let Text(text) = Text::deserialize(deserializer)?;
+        match text.as_str() {
+            "all" => Ok(DeviceCount(-1)),
+            number => number.parse().map(DeviceCount).map_err(|_| {
+                de::Error::custom(format!("`{text}` is neither a device count nor `all`"))
+            }),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with condition, delay, max_attempts and window"
+)]
+pub(super) struct RestartPolicyDef {
+    pub condition: Option<String>,
+    pub max_attempts: Option<Integer>,
+    /// Accepted as Compose accepts them; the engine's restart policy has no delay or window.
+    #[serde(rename = "delay")]
+    pub _delay: Option<Duration>,
+    #[serde(rename = "window")]
+    pub _window: Option<Duration>,
+}
+
+/// One `devices` entry: `/dev/x`, `/dev/x:/dev/y` or `/dev/x:/dev/y:rwm`, or the long form.
+pub(super) struct DeviceEntry(pub crate::spec::Device);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with source, target and permissions")]
+struct LongDevice {
+    source: String,
+    target: Option<String>,
+    permissions: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for DeviceEntry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(DeviceVisitor)
+    }
+}
+
+struct DeviceVisitor;
+
+impl<'de> Visitor<'de> for DeviceVisitor {
+    type Value = DeviceEntry;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a device like \"/dev/ttyUSB0:/dev/ttyUSB0:rwm\" or a mapping with source")
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        syntax::parse_device(value)
+            .map(DeviceEntry)
+            .map_err(E::custom)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let long = LongDevice::deserialize(MapAccessDeserializer::new(map))?;
+        let target = long.target.unwrap_or_else(|| long.source.clone());
+        let permissions = long.permissions.unwrap_or_else(|| "rwm".to_owned());
+        syntax::device(&long.source, &target, &permissions)
+            .map(DeviceEntry)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// One `ulimits` entry: a number for both limits, or `soft` and `hard`.
+pub(super) struct UlimitDef(pub i64, pub i64);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with soft and hard")]
+struct LongUlimit {
+    soft: Integer,
+    hard: Integer,
+}
+
+impl<'de> Deserialize<'de> for UlimitDef {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UlimitVisitor)
+    }
+}
+
+struct UlimitVisitor;
+
+impl<'de> Visitor<'de> for UlimitVisitor {
+    type Value = UlimitDef;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a number or a mapping with soft and hard")
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+        Ok(UlimitDef(value, value))
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+        let value = i64::try_from(value)
+            .map_err(|_| E::invalid_value(Unexpected::Unsigned(value), &self))?;
+        Ok(UlimitDef(value, value))
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        let Integer(value) = IntegerVisitor.visit_str(value)?;
+        Ok(UlimitDef(value, value))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let long = LongUlimit::deserialize(MapAccessDeserializer::new(map))?;
+        if long.soft.0 > long.hard.0 {
+            return Err(de::Error::custom("soft is above hard"));
+        }
+        Ok(UlimitDef(long.soft.0, long.hard.0))
+    }
+}
+
+/// `memswap_limit`: a size, or -1 for unlimited swap.
+pub(super) struct SwapSize(pub i64);
+
+impl<'de> Deserialize<'de> for SwapSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let Text(text) = Text::deserialize(deserializer)?;
+        match text.as_str() {
+            "-1" => Ok(SwapSize(-1)),
+            size => syntax::parse_bytes(size)
+                .map(SwapSize)
+                .map_err(de::Error::custom),
+        }
+    }
 }
 
 /// A service's `healthcheck`.
@@ -68,6 +297,7 @@ pub(super) struct HealthcheckDef {
     pub timeout: Option<Duration>,
     pub retries: Option<Integer>,
     pub start_period: Option<Duration>,
+    pub start_interval: Option<Duration>,
     pub disable: Option<Flag>,
 }
 
@@ -293,13 +523,19 @@ impl<'de> Visitor<'de> for ServiceNetworksVisitor {
     }
 }
 
-/// A service's `depends_on`: a list of service names or a mapping with conditions.
-pub(super) struct DependsOn(pub Vec<(String, Condition)>);
+/// A service's `depends_on`: a list of service names or a mapping with conditions; each with
+/// whether it is required (an optional one may name a service left out by its profile).
+pub(super) struct DependsOn(pub Vec<(String, Condition, bool)>);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping with condition")]
 struct DependencyDef {
     condition: Option<ConditionDef>,
+    /// Restart the dependent when this one is restarted by Compose; the agent restarts
+    /// nothing by hand, so accepted as Compose reads it.
+    #[serde(rename = "restart")]
+    _restart: Option<Flag>,
+    required: Option<Flag>,
 }
 
 #[derive(Deserialize)]
@@ -331,7 +567,7 @@ impl<'de> Visitor<'de> for DependsOnVisitor {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut dependencies = Vec::new();
         while let Some(service) = seq.next_element::<String>()? {
-            dependencies.push((service, Condition::Started));
+            dependencies.push((service, Condition::Started, true));
         }
         Ok(DependsOn(dependencies))
     }
@@ -340,12 +576,15 @@ impl<'de> Visitor<'de> for DependsOnVisitor {
         let mut dependencies = Vec::new();
         while let Some(service) = map.next_key::<String>()? {
             let dependency: Option<DependencyDef> = map.next_value()?;
+            let required = (dependency.as_ref())
+                .and_then(|d| d.required.as_ref())
+                .is_none_or(|Flag(required)| *required);
             let condition = match dependency.and_then(|d| d.condition) {
                 None | Some(ConditionDef::Started) => Condition::Started,
                 Some(ConditionDef::Healthy) => Condition::Healthy,
                 Some(ConditionDef::CompletedSuccessfully) => Condition::CompletedSuccessfully,
             };
-            dependencies.push((service, condition));
+            dependencies.push((service, condition, required));
         }
         Ok(DependsOn(dependencies))
     }
@@ -438,6 +677,32 @@ struct LongMount {
     target: String,
     read_only: Option<Flag>,
     tmpfs: Option<TmpfsOptions>,
+    bind: Option<BindOptions>,
+    #[serde(rename = "volume")]
+    _volume: Option<VolumeOptions>,
+    /// Docker Desktop's file-sharing hint; nothing to do on a Linux engine.
+    #[serde(rename = "consistency")]
+    _consistency: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with create_host_path and selinux"
+)]
+struct BindOptions {
+    /// Compose creates a missing host directory unless this is false; so does the agent.
+    #[serde(rename = "create_host_path")]
+    _create_host_path: Option<Flag>,
+    selinux: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with nocopy")]
+struct VolumeOptions {
+    /// Copying the image's files into a new volume is the engine's default; accepted.
+    #[serde(rename = "nocopy")]
+    _nocopy: Option<Flag>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -487,19 +752,27 @@ fn long_mount(long: LongMount) -> Result<MountDef, String> {
     if long.tmpfs.is_some() && long.kind != MountKind::Tmpfs {
         return Err("`tmpfs` options only apply to type tmpfs".to_owned());
     }
+    if long.bind.is_some() && long.kind != MountKind::Bind {
+        return Err("`bind` options only apply to type bind".to_owned());
+    }
+    let relabel = match long.bind.and_then(|b| b.selinux).as_deref() {
+        None => None,
+        Some("z") => Some('z'),
+        Some("Z") => Some('Z'),
+        Some(other) => return Err(format!("bind.selinux `{other}` is not z or Z")),
+    };
     match (long.kind, long.source) {
         (MountKind::Volume, Some(source)) if !source.is_empty() => Ok(MountDef::Volume {
             source,
             target,
             read_only,
         }),
-        (MountKind::Volume, _) => {
-            Err("a volume mount needs a source: anonymous volumes are not supported".to_owned())
-        }
+        (MountKind::Volume, _) => Ok(MountDef::Anonymous { target }),
         (MountKind::Bind, Some(source)) if !source.is_empty() => Ok(MountDef::Bind {
             source,
             target,
             read_only,
+            relabel,
         }),
         (MountKind::Bind, _) => Err("a bind mount needs a source".to_owned()),
         (MountKind::Tmpfs, Some(_)) => Err("a tmpfs mount takes no source".to_owned()),
@@ -516,14 +789,14 @@ fn long_mount(long: LongMount) -> Result<MountDef, String> {
     }
 }
 
-/// One entry of a service's `tmpfs`: `/path` or `/path:size=64m`.
-pub(super) struct TmpfsEntry(pub MountDef);
+/// One entry of a service's `tmpfs`: `/path` or `/path:options`, as path and options.
+pub(super) struct TmpfsEntry(pub String, pub String);
 
 impl<'de> Deserialize<'de> for TmpfsEntry {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
         syntax::parse_tmpfs(&text)
-            .map(TmpfsEntry)
+            .map(|(target, options)| TmpfsEntry(target, options))
             .map_err(de::Error::custom)
     }
 }
@@ -806,5 +1079,15 @@ impl<'de> Deserialize<'de> for Restart {
         syntax::parse_restart(&text)
             .map(Restart)
             .map_err(de::Error::custom)
+    }
+}
+
+/// A list that may be left out but, as in Compose, not written as null.
+fn list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<T>>, D::Error> {
+    match Option::<Vec<T>>::deserialize(deserializer)? {
+        Some(list) => Ok(Some(list)),
+        None => Err(de::Error::custom("must be a list, not left empty")),
     }
 }

@@ -4,6 +4,9 @@
 
 use std::net::IpAddr;
 
+use std::collections::BTreeMap;
+
+use super::interpolate::interpolate;
 use crate::spec::Port;
 
 /// A mount as written, before bind sources are resolved against the package.
@@ -26,6 +29,13 @@ pub(super) enum MountDef {
         target: String,
         /// Mount read-only.
         read_only: bool,
+        /// SELinux relabelling: `z` (shared) or `Z` (private).
+        relabel: Option<char>,
+    },
+    /// A volume without a name, kept for the service's life (`- /app/node_modules`).
+    Anonymous {
+        /// Path inside the container.
+        target: String,
     },
     /// A tmpfs mount.
     Tmpfs {
@@ -138,23 +148,27 @@ fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
 pub(super) fn parse_short_volume(spec: &str) -> Result<MountDef, String> {
     let parts: Vec<&str> = spec.split(':').collect();
     let (source, target, options) = match parts.as_slice() {
-        [_] => {
-            return Err(format!(
-                "`{spec}`: anonymous volumes are not supported; declare a named volume"
-            ));
+        [target] => {
+            return Ok(MountDef::Anonymous {
+                target: check_target(target)?,
+            });
         }
         [source, target] => (*source, *target, ""),
         [source, target, options] => (*source, *target, *options),
         _ => return Err(format!("`{spec}` is not `source:target[:ro]`")),
     };
-    let mut read_only = false;
+    let (mut read_only, mut relabel) = (false, None);
     for option in options.split(',').filter(|option| !option.is_empty()) {
         match option {
             "ro" => read_only = true,
             "rw" => read_only = false,
+            "z" => relabel = Some('z'),
+            "Z" => relabel = Some('Z'),
+            // Docker Desktop's file-sharing hints; nothing to do on a Linux engine.
+            "cached" | "delegated" | "consistent" | "nocopy" => {}
             other => {
                 return Err(format!(
-                    "`{spec}`: volume option `{other}` is not supported (use ro or rw)"
+                    "`{spec}`: volume option `{other}` is not supported (use ro, rw, z or Z)"
                 ));
             }
         }
@@ -163,16 +177,12 @@ pub(super) fn parse_short_volume(spec: &str) -> Result<MountDef, String> {
     if source.is_empty() {
         return Err(format!("`{spec}` has an empty source"));
     }
-    if source.starts_with('~') {
-        return Err(format!(
-            "`{spec}`: home-relative bind sources are not supported"
-        ));
-    }
-    if source.starts_with('.') || source.starts_with('/') {
+    if source.starts_with('.') || source.starts_with('/') || source.starts_with('~') {
         Ok(MountDef::Bind {
             source: source.to_owned(),
             target,
             read_only,
+            relabel,
         })
     } else {
         Ok(MountDef::Volume {
@@ -194,23 +204,65 @@ pub(super) fn check_target(target: &str) -> Result<String, String> {
     }
 }
 
-/// Parses a service `tmpfs` entry: `/path` or `/path:size=64m` (`rw` is accepted as the
-/// default it is; other mount options are refused rather than dropped).
-pub(super) fn parse_tmpfs(spec: &str) -> Result<MountDef, String> {
+/// Parses a service `tmpfs` entry, `/path` or `/path:options`, into the path and the mount
+/// options the engine takes (`rw,noexec,nosuid,size=64m`); unknown options are refused.
+pub(super) fn parse_tmpfs(spec: &str) -> Result<(String, String), String> {
     let (target, options) = spec.split_once(':').unwrap_or((spec, ""));
-    let mut size = None;
     for option in options.split(',').filter(|option| !option.is_empty()) {
-        if let Some(value) = option.strip_prefix("size=") {
-            size = Some(parse_bytes(value)?);
-        } else if option != "rw" {
-            return Err(format!(
-                "`{spec}`: tmpfs option `{option}` is not supported (only size)"
-            ));
+        let (name, value) = option.split_once('=').unwrap_or((option, ""));
+        let valid = match name {
+            "size" => parse_bytes(value).is_ok(),
+            "mode" => u32::from_str_radix(value, 8).is_ok(),
+            "uid" | "gid" | "nr_inodes" => value.parse::<u64>().is_ok(),
+            "rw" | "ro" | "exec" | "noexec" | "suid" | "nosuid" | "dev" | "nodev" | "atime"
+            | "noatime" | "diratime" | "nodiratime" | "relatime" | "norelatime"
+            | "strictatime" | "nostrictatime" | "sync" | "async" | "dirsync" | "mand"
+            | "nomand" => value.is_empty(),
+            _ => false,
+        };
+        if !valid {
+            return Err(format!("`{spec}`: tmpfs option `{option}` is not supported"));
         }
     }
-    Ok(MountDef::Tmpfs {
-        target: check_target(target)?,
-        size,
+    Ok((check_target(target)?, options.to_owned()))
+}
+
+/// Parses a `devices` entry: `HOST[:CONTAINER[:PERMISSIONS]]`.
+pub(super) fn parse_device(spec: &str) -> Result<crate::spec::Device, String> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    match parts.as_slice() {
+        [host] => device(host, host, "rwm"),
+        [host, permissions] if is_permissions(permissions) => device(host, host, permissions),
+        [host, container] => device(host, container, "rwm"),
+        [host, container, permissions] => device(host, container, permissions),
+        _ => Err(format!("`{spec}` is not HOST[:CONTAINER[:PERMISSIONS]]")),
+    }
+}
+
+fn is_permissions(text: &str) -> bool {
+    !text.is_empty() && text.chars().all(|c| matches!(c, 'r' | 'w' | 'm'))
+}
+
+/// A device mapping, checked: both paths absolute, permissions some of `rwm`.
+pub(super) fn device(
+    host: &str,
+    container: &str,
+    permissions: &str,
+) -> Result<crate::spec::Device, String> {
+    if !host.starts_with('/') || !container.starts_with('/') {
+        return Err(format!(
+            "device `{host}:{container}`: both paths must be absolute"
+        ));
+    }
+    if !is_permissions(permissions) {
+        return Err(format!(
+            "device `{host}`: permissions `{permissions}` are not some of r, w and m"
+        ));
+    }
+    Ok(crate::spec::Device {
+        host: host.to_owned(),
+        container: container.to_owned(),
+        permissions: permissions.to_owned(),
     })
 }
 
@@ -328,8 +380,15 @@ pub(super) fn parse_restart(text: &str) -> Result<String, String> {
 /// Parses an env file: `KEY=VALUE` lines, `#` comments, an optional `export ` prefix, values
 /// optionally in single or double quotes. A line with a bare `KEY` gives `None`: its value
 /// comes from the deployment's variables, like a bare key in `environment`.
-pub(super) fn parse_env_file(text: &str) -> Result<Vec<(String, Option<String>)>, String> {
+/// The `KEY=VALUE` entries of an env file (`.env` or `env_file`), in order; a bare `KEY` is
+/// `None`. As in Compose v2, unquoted and double-quoted values are interpolated with the
+/// entries above them and `variables` (the entries win); single-quoted values are literal.
+pub(super) fn parse_env_file(
+    text: &str,
+    variables: &BTreeMap<String, String>,
+) -> Result<Vec<(String, Option<String>)>, String> {
     let mut entries = Vec::new();
+    let mut seen = variables.clone();
     for (index, line) in text.lines().enumerate() {
         let line_number = index + 1;
         let line = line.trim();
@@ -346,24 +405,39 @@ pub(super) fn parse_env_file(text: &str) -> Result<Vec<(String, Option<String>)>
                 "line {line_number}: `{key}` is not a variable name"
             ));
         }
-        let value = value
-            .map(parse_env_value)
-            .transpose()
-            .map_err(|reason| format!("line {line_number}: {reason}"))?;
+        let value = match value.map(parse_env_value).transpose() {
+            Ok(Some((value, Quoting::Single))) => Some(value),
+            Ok(Some((value, Quoting::Expand))) => Some(interpolate(&value, &seen).map_err(
+                |error| format!("line {line_number}: {key}: {error}"),
+            )?),
+            Ok(None) => None,
+            Err(reason) => return Err(format!("line {line_number}: {reason}")),
+        };
+        if let Some(value) = &value {
+            seen.insert(key.to_owned(), value.clone());
+        }
         entries.push((key.to_owned(), value));
     }
     Ok(entries)
 }
 
-fn parse_env_value(raw: &str) -> Result<String, String> {
+/// Whether an env file value is interpolated.
+enum Quoting {
+    /// Single-quoted: taken as written.
+    Single,
+    /// Unquoted or double-quoted.
+    Expand,
+}
+
+fn parse_env_value(raw: &str) -> Result<(String, Quoting), String> {
     let mut chars = raw.chars();
-    let (value, rest) = match chars.next() {
+    let (value, rest, quoting) = match chars.next() {
         Some('\'') => {
             let inner = chars.as_str();
             let end = inner
                 .find('\'')
                 .ok_or("unterminated single quote (multi-line values are not supported)")?;
-            (inner[..end].to_owned(), &inner[end + 1..])
+            (inner[..end].to_owned(), &inner[end + 1..], Quoting::Single)
         }
         Some('"') => {
             let mut value = String::new();
@@ -378,7 +452,8 @@ fn parse_env_value(raw: &str) -> Result<String, String> {
                         Some('n') => value.push('\n'),
                         Some('t') => value.push('\t'),
                         Some('r') => value.push('\r'),
-                        Some(other @ ('"' | '\\' | '$')) => value.push(other),
+                        Some('$') => value.push_str("$$"),
+                        Some(other @ ('"' | '\\')) => value.push(other),
                         Some(other) => {
                             value.push('\\');
                             value.push(other);
@@ -390,7 +465,7 @@ fn parse_env_value(raw: &str) -> Result<String, String> {
             }
             let rest =
                 rest.ok_or("unterminated double quote (multi-line values are not supported)")?;
-            (value, rest)
+            (value, rest, Quoting::Expand)
         }
         _ => {
             // An unquoted value ends at a comment, which needs whitespace before the `#`.
@@ -398,12 +473,12 @@ fn parse_env_value(raw: &str) -> Result<String, String> {
                 .char_indices()
                 .find(|&(index, c)| c == '#' && raw[..index].ends_with(|p: char| p.is_whitespace()))
                 .map_or(raw.len(), |(index, _)| index);
-            return Ok(raw[..end].trim_end().to_owned());
+            return Ok((raw[..end].trim_end().to_owned(), Quoting::Expand));
         }
     };
     let rest = rest.trim_start();
     if rest.is_empty() || rest.starts_with('#') {
-        Ok(value)
+        Ok((value, quoting))
     } else {
         Err(format!("unexpected `{rest}` after the quoted value"))
     }
@@ -525,7 +600,8 @@ mod tests {
             Ok(MountDef::Bind {
                 source: "./conf".into(),
                 target: "/etc/app".into(),
-                read_only: true
+                read_only: true,
+                relabel: None
             })
         );
         assert_eq!(
@@ -533,7 +609,8 @@ mod tests {
             Ok(MountDef::Bind {
                 source: "/srv/x".into(),
                 target: "/x".into(),
-                read_only: false
+                read_only: false,
+                relabel: None
             })
         );
         assert_eq!(
@@ -541,39 +618,69 @@ mod tests {
             Ok(MountDef::Bind {
                 source: "../shared".into(),
                 target: "/shared".into(),
-                read_only: false
+                read_only: false,
+                relabel: None
             })
         );
-        for spec in [
-            "/anonymous",
-            "data:relative",
-            "data:/x:z",
-            "~/x:/x",
-            ":/x",
-            "a:/b:ro:extra",
-        ] {
+        assert_eq!(
+            parse_short_volume("~/data:/data:Z"),
+            Ok(MountDef::Bind {
+                source: "~/data".into(),
+                target: "/data".into(),
+                read_only: false,
+                relabel: Some('Z')
+            })
+        );
+        assert_eq!(
+            parse_short_volume("/app/node_modules"),
+            Ok(MountDef::Anonymous {
+                target: "/app/node_modules".into()
+            })
+        );
+        for spec in ["data:relative", "data:/x:q", ":/x", "a:/b:ro:extra", "relative"] {
             assert!(parse_short_volume(spec).is_err(), "spec {spec:?}");
         }
     }
 
     #[test]
     fn tmpfs_entries() {
+        assert_eq!(parse_tmpfs("/run"), Ok(("/run".into(), String::new())));
+        let options = "rw,noexec,nosuid,size=64m,mode=1777";
         assert_eq!(
-            parse_tmpfs("/run"),
-            Ok(MountDef::Tmpfs {
-                target: "/run".into(),
-                size: None
-            })
+            parse_tmpfs(&format!("/tmp:{options}")),
+            Ok(("/tmp".into(), options.into()))
         );
-        assert_eq!(
-            parse_tmpfs("/run:rw,size=64m"),
-            Ok(MountDef::Tmpfs {
-                target: "/run".into(),
-                size: Some(64 << 20)
-            })
-        );
-        assert!(parse_tmpfs("/run:noexec").is_err());
+        assert!(parse_tmpfs("/run:bogus").is_err());
+        assert!(parse_tmpfs("/run:size=lots").is_err());
         assert!(parse_tmpfs("run").is_err());
+    }
+
+    #[test]
+    fn devices() {
+        let device = |host: &str, container: &str, permissions: &str| crate::spec::Device {
+            host: host.into(),
+            container: container.into(),
+            permissions: permissions.into(),
+        };
+        assert_eq!(
+            parse_device("/dev/ttyUSB0"),
+            Ok(device("/dev/ttyUSB0", "/dev/ttyUSB0", "rwm"))
+        );
+        assert_eq!(
+            parse_device("/dev/ttyUSB0:/dev/zigbee"),
+            Ok(device("/dev/ttyUSB0", "/dev/zigbee", "rwm"))
+        );
+        assert_eq!(
+            parse_device("/dev/snd:r"),
+            Ok(device("/dev/snd", "/dev/snd", "r"))
+        );
+        assert_eq!(
+            parse_device("/dev/a:/dev/b:rw"),
+            Ok(device("/dev/a", "/dev/b", "rw"))
+        );
+        for spec in ["ttyUSB0", "/dev/a:/dev/b:x", "/dev/a:b", "/a:/b:r:x"] {
+            assert!(parse_device(spec).is_err(), "spec {spec:?}");
+        }
     }
 
     #[test]
@@ -666,16 +773,38 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.map(str::to_owned)))
             .collect();
-        assert_eq!(parse_env_file(text), Ok(expected));
+        assert_eq!(parse_env_file(text, &BTreeMap::new()), Ok(expected));
         assert_eq!(
-            parse_env_file("A=1\nB=\"open\n"),
+            parse_env_file("A=1\nB=\"open\n", &BTreeMap::new()),
             Err(
                 "line 2: unterminated double quote (multi-line values are not supported)"
                     .to_owned()
             )
         );
-        assert!(parse_env_file("BAD KEY=1").is_err());
-        assert!(parse_env_file("A='x' trailing").is_err());
+        assert!(parse_env_file("BAD KEY=1", &BTreeMap::new()).is_err());
+        assert!(parse_env_file("A='x' trailing", &BTreeMap::new()).is_err());
+    }
+
+    #[test]
+    fn env_file_values_refer_to_entries_above_and_to_the_variables() {
+        let text = "ROOT_DIR=/srv\nDATA=${ROOT_DIR:-/mnt}/db\nQ=\"$HOST:\\$x\"\n\
+                    LIT='${ROOT_DIR}'\nRE=^a(:[0-9]+)?$\nLATER=$UNDEFINED-x\n";
+        let variables = BTreeMap::from([("HOST".to_owned(), "h".to_owned())]);
+        let entries = parse_env_file(text, &variables).expect("parses");
+        let value = |key: &str| {
+            let entry = entries.iter().find(|(k, _)| k == key);
+            entry.and_then(|(_, v)| v.clone())
+        };
+        assert_eq!(value("DATA").as_deref(), Some("/srv/db"));
+        assert_eq!(value("Q").as_deref(), Some("h:$x"));
+        assert_eq!(value("LIT").as_deref(), Some("${ROOT_DIR}"));
+        assert_eq!(value("RE").as_deref(), Some("^a(:[0-9]+)?$"));
+        assert_eq!(value("LATER").as_deref(), Some("-x"));
+        let error = parse_env_file("A=${B:?set B}\n", &BTreeMap::new()).err();
+        assert_eq!(
+            error.as_deref(),
+            Some("line 1: A: required variable B is missing a value: set B")
+        );
     }
 
     #[test]
