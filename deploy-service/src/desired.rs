@@ -307,7 +307,9 @@ fn keep_data_outside_the_package(
     let ships = |path: &str| {
         path == "."
             || files.contains_key(path)
-            || files.keys().any(|f| f.strip_prefix(path).is_some_and(|r| r.starts_with('/')))
+            || files
+                .keys()
+                .any(|f| f.strip_prefix(path).is_some_and(|r| r.starts_with('/')))
     };
     for service in &mut project.services {
         for mount in &mut service.mounts {

@@ -595,7 +595,15 @@ fn container_body(
     let mounts = s
         .mounts
         .iter()
-        .filter(|m| !matches!(m, spec::Mount::Bind { relabel: Some(_), .. }))
+        .filter(|m| {
+            !matches!(
+                m,
+                spec::Mount::Bind {
+                    relabel: Some(_),
+                    ..
+                }
+            )
+        })
         .map(|m| match m {
             spec::Mount::Volume {
                 source,

@@ -229,11 +229,19 @@ impl Policy {
         }
         let namespaces = &service.namespaces;
         let shared = [
-            ("network_mode", "network", service.network_mode == Some(NetworkMode::Host)),
+            (
+                "network_mode",
+                "network",
+                service.network_mode == Some(NetworkMode::Host),
+            ),
             ("pid", "pid", namespaces.pid.as_deref() == Some("host")),
             ("ipc", "ipc", namespaces.ipc.as_deref() == Some("host")),
             ("uts", "uts", namespaces.uts.as_deref() == Some("host")),
-            ("userns_mode", "userns", namespaces.userns.as_deref() == Some("host")),
+            (
+                "userns_mode",
+                "userns",
+                namespaces.userns.as_deref() == Some("host"),
+            ),
         ];
         for (key, namespace, host) in shared {
             if host && !self.config.host_namespaces.iter().any(|n| n == namespace) {
@@ -242,7 +250,12 @@ impl Policy {
             }
         }
         for device in &service.devices {
-            if !self.config.devices.iter().any(|d| wildcard(d, &device.host)) {
+            if !self
+                .config
+                .devices
+                .iter()
+                .any(|d| wildcard(d, &device.host))
+            {
                 let setting = format!("devices = [\"{}\"]", device.host);
                 return refuse("devices", format!("host device {}", device.host), &setting);
             }
@@ -578,7 +591,10 @@ mod tests {
     fn what_stays_inside_the_container_needs_no_setting() {
         let project = asking(Service {
             sysctls: BTreeMap::from([("net.ipv4.tcp_syncookies".into(), "1".into())]),
-            security_opt: vec!["no-new-privileges:true".into(), "apparmor=docker-default".into()],
+            security_opt: vec![
+                "no-new-privileges:true".into(),
+                "apparmor=docker-default".into(),
+            ],
             runtime: Some("runc".into()),
             namespaces: Namespaces {
                 ipc: Some("shareable".into()),

@@ -45,6 +45,11 @@ impl Container {
             .find_map(|binding| binding["HostPort"].as_str()?.parse().ok())
     }
 
+    /// The engine's inspection of the container.
+    pub fn inspect(&self) -> &Value {
+        &self.inspect
+    }
+
     /// The host paths bind-mounted into the container, with where: `(source, destination)`.
     pub fn binds(&self) -> Vec<(String, String)> {
         let mounts = self.inspect["Mounts"]

@@ -2,7 +2,9 @@
 //! server, health probe and idle process.
 //!
 //! - `testapp serve PORT`: answers every HTTP request with `$MESSAGE` (or "ok"); exits 1 at start
-//!   when `$FAIL_AT_START` is set, to test crashing workloads.
+//!   when `$FAIL_AT_START` is set, to test crashing workloads. With `$DATA_FILE` it appends
+//!   `$MESSAGE` and a newline to that file at start and answers with the whole file, to test
+//!   that data outlives a container.
 //! - `testapp probe PORT`: exits 0 when 127.0.0.1:PORT answers, else 1 (a HEALTHCHECK).
 //! - `testapp sleep`: idles until killed.
 //! - `testapp hang`: idles and ignores SIGTERM, like the many apps that run as PID 1 without
@@ -68,7 +70,21 @@ fn serve(port: &str) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let message = std::env::var("MESSAGE").unwrap_or_else(|_| "ok".to_owned());
+    let mut message = std::env::var("MESSAGE").unwrap_or_else(|_| "ok".to_owned());
+    if let Some(path) = std::env::var_os("DATA_FILE") {
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| writeln!(file, "{message}"));
+        match appended.and_then(|()| std::fs::read_to_string(&path)) {
+            Ok(all) => message = all,
+            Err(err) => {
+                eprintln!("DATA_FILE: {err}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     for stream in listener.incoming().flatten() {
         let message = message.clone();
         std::thread::spawn(move || answer(stream, &message));

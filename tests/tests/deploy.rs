@@ -419,10 +419,10 @@ fn an_unsupported_compose_key_fails_naming_it() -> Result<()> {
     let image = testapp_image()?;
     fails_alone(
         |id, desired| {
-            let compose = format!("services:\n  app:\n    image: {image}\n    privileged: true\n");
+            let compose = format!("services:\n  app:\n    image: {image}\n    develop: {{}}\n");
             compose_app(id, desired, compose)
         },
-        "privileged",
+        "services.app.develop: unsupported key",
     )
 }
 

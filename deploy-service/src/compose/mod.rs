@@ -353,7 +353,10 @@ impl Resolver<'_> {
                 .as_ref()
                 .map(|healthcheck| self::healthcheck(&path, healthcheck))
                 .transpose()?,
-            restart: match (&definition.restart, deploy.and_then(|d| d.restart_policy.as_ref())) {
+            restart: match (
+                &definition.restart,
+                deploy.and_then(|d| d.restart_policy.as_ref()),
+            ) {
                 (Some(Restart(policy)), _) => Some(policy.clone()),
                 (None, Some(policy)) => Some(restart_policy(&path, policy)?),
                 (None, None) => None,
@@ -392,15 +395,18 @@ impl Resolver<'_> {
                 .map(|DeviceEntry(device)| device.clone())
                 .collect(),
             device_cgroup_rules: definition.device_cgroup_rules.clone().unwrap_or_default(),
-            device_requests: (reservations.and_then(|r| r.devices.as_ref()).into_iter().flatten())
-                .map(|d| DeviceRequest {
-                    driver: d.driver.clone(),
-                    count: d.count.as_ref().map(|c| c.0),
-                    device_ids: d.device_ids.clone().unwrap_or_default(),
-                    capabilities: d.capabilities.clone(),
-                    options: texts(d.options.as_ref()),
-                })
-                .collect(),
+            device_requests: (reservations
+                .and_then(|r| r.devices.as_ref())
+                .into_iter()
+                .flatten())
+            .map(|d| DeviceRequest {
+                driver: d.driver.clone(),
+                count: d.count.as_ref().map(|c| c.0),
+                device_ids: d.device_ids.clone().unwrap_or_default(),
+                capabilities: d.capabilities.clone(),
+                options: texts(d.options.as_ref()),
+            })
+            .collect(),
             security_opt: definition.security_opt.clone().unwrap_or_default(),
             sysctls: labels(definition.sysctls.as_ref()),
             namespaces: namespaces(&path, definition)?,
@@ -700,9 +706,7 @@ fn network_mode(
             Some(service) if declared.services.contains(service) => {
                 Ok(Some(NetworkMode::Service(service.to_owned())))
             }
-            Some(service) => Err(format!(
-                "{path}.network_mode: unknown service {service}"
-            )),
+            Some(service) => Err(format!("{path}.network_mode: unknown service {service}")),
             None => Err(format!(
                 "{path}.network_mode: `{other}` is not supported (host, none, bridge or service:NAME; join project networks with `networks`)"
             )),
@@ -733,7 +737,9 @@ fn expose(path: &str, port: &str) -> Result<String, String> {
         None => valid_number(number),
     };
     if !valid || !matches!(protocol, "tcp" | "udp" | "sctp") {
-        return Err(format!("{path}.expose: `{port}` is not a port like 8080 or 8080/udp"));
+        return Err(format!(
+            "{path}.expose: `{port}` is not a port like 8080 or 8080/udp"
+        ));
     }
     Ok(format!("{number}/{protocol}"))
 }
@@ -754,9 +760,9 @@ fn extra_hosts(path: &str, entries: Option<&Entries>) -> Result<Vec<String>, Str
         .map(|(key, value)| {
             let (host, address) = match value {
                 Some(address) => (key.as_str(), address.as_str()),
-                None => key.split_once(':').ok_or_else(|| {
-                    format!("{path}.extra_hosts: `{key}` is not host:address")
-                })?,
+                None => key
+                    .split_once(':')
+                    .ok_or_else(|| format!("{path}.extra_hosts: `{key}` is not host:address"))?,
             };
             let address = address.trim_start_matches('[').trim_end_matches(']');
             if address != "host-gateway" && address.parse::<std::net::IpAddr>().is_err() {
@@ -1181,7 +1187,7 @@ volumes:
                 source: BindSource::Package("app/config/nginx.conf".into()),
                 target: "/etc/nginx/nginx.conf".into(),
                 read_only: true,
-                    relabel: None,
+                relabel: None,
             }],
             networks: vec![
                 NetworkAttachment {
@@ -1443,7 +1449,10 @@ services:
         assert_eq!(r.oom_score_adj, Some(-500));
         assert_eq!(
             r.ulimits,
-            [("nofile".into(), 1024, 2048), ("nproc".into(), 65535, 65535)]
+            [
+                ("nofile".into(), 1024, 2048),
+                ("nproc".into(), 65535, 65535)
+            ]
         );
         assert_eq!(hub.mem_limit, Some(128 << 20));
         assert_eq!(hub.nano_cpus, Some(500_000_000));
@@ -1468,7 +1477,10 @@ services:
             ]
         );
         assert!(
-            project.volumes.iter().any(|v| v.name == "hub_app_node_modules"),
+            project
+                .volumes
+                .iter()
+                .any(|v| v.name == "hub_app_node_modules"),
             "the anonymous volume is one of the project's"
         );
         assert_eq!(
@@ -1498,8 +1510,13 @@ services:
 
         // COMPOSE_PROFILES turns a profile on.
         let variables = strings(&[("COMPOSE_PROFILES", "debug")]);
-        let project = load("app/compose.yaml", yaml.as_bytes(), &variables, &BTreeMap::new())
-            .expect("loads");
+        let project = load(
+            "app/compose.yaml",
+            yaml.as_bytes(),
+            &variables,
+            &BTreeMap::new(),
+        )
+        .expect("loads");
         assert_eq!(project.services.len(), 4);
     }
 
@@ -1544,7 +1561,9 @@ services:
             ),
         ] {
             let message = load_str(yaml).map(|_| ()).map_err(|e| e.to_string());
-            let message = message.err().unwrap_or_else(|| format!("no error for:\n{yaml}"));
+            let message = message
+                .err()
+                .unwrap_or_else(|| format!("no error for:\n{yaml}"));
             assert!(message.contains(expected), "{message}");
         }
     }
@@ -1562,14 +1581,16 @@ services:
 
     #[test]
     fn dot_env_values_refer_to_each_other_and_a_lone_dollar_stays() {
-        let package = files(&[(
-            "app/.env",
-            "ROOT_DIR=/srv\nDATA=${ROOT_DIR:-/mnt}/db\n",
-        )]);
+        let package = files(&[("app/.env", "ROOT_DIR=/srv\nDATA=${ROOT_DIR:-/mnt}/db\n")]);
         let yaml = "services:\n  db:\n    image: d\n    volumes: [\"${DATA}:/var/lib/db\"]\n    \
                     environment: [\"RE=^https?://x(:[0-9]+)?$\"]\n    user: \"app:$(id -g)\"\n";
-        let project = load("app/compose.yaml", yaml.as_bytes(), &BTreeMap::new(), &package)
-            .expect("loads");
+        let project = load(
+            "app/compose.yaml",
+            yaml.as_bytes(),
+            &BTreeMap::new(),
+            &package,
+        )
+        .expect("loads");
         let db = service_named(&project, "db");
         assert_eq!(
             db.mounts,
@@ -1580,7 +1601,10 @@ services:
                 relabel: None
             }]
         );
-        assert_eq!(db.environment.0, strings(&[("RE", "^https?://x(:[0-9]+)?$")]));
+        assert_eq!(
+            db.environment.0,
+            strings(&[("RE", "^https?://x(:[0-9]+)?$")])
+        );
         assert_eq!(db.user.as_deref(), Some("app:$(id -g)"));
     }
 
@@ -1985,10 +2009,7 @@ volumes:
                 },
             ]
         );
-        assert_eq!(
-            web.tmpfs,
-            strings(&[("/run", ""), ("/var/run", "size=1k")])
-        );
+        assert_eq!(web.tmpfs, strings(&[("/run", ""), ("/var/run", "size=1k")]));
         assert_eq!(
             web.depends_on,
             vec![Dependency {

@@ -114,14 +114,20 @@ pub(super) struct DeployDef {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a mapping with limits and reservations")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with limits and reservations"
+)]
 pub(super) struct ResourcesDef {
     pub limits: Option<LimitsDef>,
     pub reservations: Option<ReservationsDef>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a mapping with cpus, memory and pids")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with cpus, memory and pids"
+)]
 pub(super) struct LimitsDef {
     pub cpus: Option<Cpus>,
     pub memory: Option<ByteSize>,
@@ -129,7 +135,10 @@ pub(super) struct LimitsDef {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a mapping with cpus, memory and devices")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with cpus, memory and devices"
+)]
 pub(super) struct ReservationsDef {
     /// Accepted as Compose accepts it; a single engine has no CPU reservation.
     #[serde(rename = "cpus")]
@@ -186,7 +195,10 @@ pub(super) struct RestartPolicyDef {
 pub(super) struct DeviceEntry(pub crate::spec::Device);
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a mapping with source, target and permissions")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with source, target and permissions"
+)]
 struct LongDevice {
     source: String,
     target: Option<String>,

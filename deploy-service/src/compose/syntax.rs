@@ -215,13 +215,16 @@ pub(super) fn parse_tmpfs(spec: &str) -> Result<(String, String), String> {
             "mode" => u32::from_str_radix(value, 8).is_ok(),
             "uid" | "gid" | "nr_inodes" => value.parse::<u64>().is_ok(),
             "rw" | "ro" | "exec" | "noexec" | "suid" | "nosuid" | "dev" | "nodev" | "atime"
-            | "noatime" | "diratime" | "nodiratime" | "relatime" | "norelatime"
-            | "strictatime" | "nostrictatime" | "sync" | "async" | "dirsync" | "mand"
-            | "nomand" => value.is_empty(),
+            | "noatime" | "diratime" | "nodiratime" | "relatime" | "norelatime" | "strictatime"
+            | "nostrictatime" | "sync" | "async" | "dirsync" | "mand" | "nomand" => {
+                value.is_empty()
+            }
             _ => false,
         };
         if !valid {
-            return Err(format!("`{spec}`: tmpfs option `{option}` is not supported"));
+            return Err(format!(
+                "`{spec}`: tmpfs option `{option}` is not supported"
+            ));
         }
     }
     Ok((check_target(target)?, options.to_owned()))
@@ -407,9 +410,10 @@ pub(super) fn parse_env_file(
         }
         let value = match value.map(parse_env_value).transpose() {
             Ok(Some((value, Quoting::Single))) => Some(value),
-            Ok(Some((value, Quoting::Expand))) => Some(interpolate(&value, &seen).map_err(
-                |error| format!("line {line_number}: {key}: {error}"),
-            )?),
+            Ok(Some((value, Quoting::Expand))) => Some(
+                interpolate(&value, &seen)
+                    .map_err(|error| format!("line {line_number}: {key}: {error}"))?,
+            ),
             Ok(None) => None,
             Err(reason) => return Err(format!("line {line_number}: {reason}")),
         };
@@ -637,7 +641,13 @@ mod tests {
                 target: "/app/node_modules".into()
             })
         );
-        for spec in ["data:relative", "data:/x:q", ":/x", "a:/b:ro:extra", "relative"] {
+        for spec in [
+            "data:relative",
+            "data:/x:q",
+            ":/x",
+            "a:/b:ro:extra",
+            "relative",
+        ] {
             assert!(parse_short_volume(spec).is_err(), "spec {spec:?}");
         }
     }
