@@ -256,30 +256,49 @@ async fn resolve_deployment(
     Ok(components)
 }
 
-/// Claims the `container_name`s of deployment `id` in `taken` (name -> deployment): an engine
-/// name holds one container, so a second deployment asking for it fails, naming the first.
+/// Claims the engine names deployment `id` gives its containers, networks and volumes in
+/// `taken` ((kind, name) -> deployment): one engine object has one owner, so a second
+/// deployment asking for the name fails, naming the first.
 fn claim_names(
     id: &str,
     components: Vec<Component>,
-    taken: &mut BTreeMap<String, String>,
+    taken: &mut BTreeMap<(&'static str, String), String>,
 ) -> Result<Vec<Component>> {
     for c in &components {
-        for s in &c.project.services {
-            let Some(name) = &s.container_name else {
-                continue;
-            };
-            match taken.get(name) {
+        let p = &c.project;
+        let services = (p.services.iter()).filter_map(|s| {
+            let name = s.container_name.as_ref()?;
+            Some((
+                "services",
+                format!("services.{}.container_name", s.name),
+                name,
+            ))
+        });
+        let networks = (p.networks.iter()).filter_map(|n| {
+            Some((
+                "networks",
+                format!("networks.{}.name", n.name),
+                n.custom_name.as_ref()?,
+            ))
+        });
+        let volumes = (p.volumes.iter()).filter_map(|v| {
+            Some((
+                "volumes",
+                format!("volumes.{}.name", v.name),
+                v.custom_name.as_ref()?,
+            ))
+        });
+        // Kinds apart: a network and a volume may share a name.
+        for (kind, key, name) in services.chain(networks).chain(volumes) {
+            match taken.get(&(kind, name.clone())) {
                 Some(other) if other != id => {
                     return Err(Error::Compose {
                         file: c.name.clone(),
-                        message: format!(
-                            "services.{}.container_name: `{name}` is already the container of deployment {other}",
-                            s.name
-                        ),
+                        message: format!("{key}: `{name}` already belongs to deployment {other}"),
                     });
                 }
                 _ => {
-                    taken.insert(name.clone(), id.to_owned());
+                    taken.insert((kind, name.clone()), id.to_owned());
                 }
             }
         }

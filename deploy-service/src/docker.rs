@@ -6,15 +6,15 @@ use std::sync::{Arc, Mutex};
 use bollard::Docker;
 use bollard::auth::DockerCredentials;
 use bollard::models::{
-    ContainerCreateBody, DeviceMapping, DeviceRequest, EndpointSettings, HealthConfig, HostConfig,
-    HostConfigLogConfig, Mount, MountTmpfsOptions, MountType, NetworkConnectRequest,
-    NetworkCreateRequest, NetworkingConfig, PortBinding, ResourcesUlimits, RestartPolicy,
-    RestartPolicyNameEnum, VolumeCreateRequest,
+    ContainerCreateBody, DeviceMapping, DeviceRequest, EndpointIpamConfig, EndpointSettings,
+    HealthConfig, HostConfig, HostConfigLogConfig, Ipam, IpamConfig, Mount, MountTmpfsOptions,
+    MountType, NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig, PortBinding,
+    ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions,
     ListNetworksOptions, ListVolumesOptions, RemoveContainerOptions, RemoveImageOptions,
-    RemoveVolumeOptions, RenameContainerOptions, StopContainerOptions,
+    RemoveVolumeOptions, RenameContainerOptions, StopContainerOptions, UploadToContainerOptions,
 };
 use futures_util::TryStreamExt;
 
@@ -277,6 +277,37 @@ fn managed_filter(instance: &str) -> [(String, Vec<String>); 1] {
     )]
 }
 
+/// A tar archive of `files` at their absolute paths, with the directories above them.
+fn archive(files: &[spec::ContainerFile]) -> std::io::Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut dirs = std::collections::BTreeSet::new();
+    for file in files {
+        let path = file.target.trim_start_matches('/');
+        let mut parent = std::path::Path::new(path).parent();
+        let mut above = Vec::new();
+        while let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
+            above.push(dir.to_path_buf());
+            parent = dir.parent();
+        }
+        for dir in above.into_iter().rev() {
+            if dirs.insert(dir.clone()) {
+                let mut header = tar::Header::new_gnu();
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(0o755);
+                header.set_size(0);
+                tar.append_data(&mut header, &dir, std::io::empty())?;
+            }
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(file.mode);
+        header.set_uid(file.uid.unwrap_or(0).into());
+        header.set_gid(file.gid.unwrap_or(0).into());
+        header.set_size(file.content.len() as u64);
+        tar.append_data(&mut header, path, file.content.as_slice())?;
+    }
+    tar.into_inner()
+}
+
 /// An `expose` entry (`80/tcp`, `9000-9001/tcp`) as the engine's exposed ports.
 fn expose_range(entry: &str) -> Vec<String> {
     let (ports, protocol) = entry.split_once('/').unwrap_or((entry, "tcp"));
@@ -420,11 +451,28 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn create_network(&self, name: &str, owner: &Owner, network: &Network) -> Result<()> {
+        let pools = (network.ipam.iter())
+            .map(|p| IpamConfig {
+                subnet: p.subnet.clone(),
+                ip_range: p.ip_range.clone(),
+                gateway: p.gateway.clone(),
+                auxiliary_addresses: (!p.aux_addresses.is_empty())
+                    .then(|| p.aux_addresses.clone().into_iter().collect()),
+            })
+            .collect::<Vec<_>>();
         let request = NetworkCreateRequest {
             name: name.to_string(),
             driver: network.driver.clone(),
             internal: Some(network.internal),
             labels: Some(owner_labels(&self.instance, owner, &network.labels)),
+            options: (!network.driver_opts.is_empty())
+                .then(|| network.driver_opts.clone().into_iter().collect()),
+            enable_ipv6: network.enable_ipv6.then_some(true),
+            ipam: (!pools.is_empty() || network.ipam_driver.is_some()).then(|| Ipam {
+                driver: network.ipam_driver.clone(),
+                config: Some(pools),
+                options: None,
+            }),
             ..Default::default()
         };
         self.docker
@@ -461,6 +509,29 @@ impl ContainerRuntime for DockerRuntime {
             .await
             .map(|r| r.id)
             .map_err(|e| engine(&format!("creating container {}", plan.name), e))?;
+        if !plan.service.files.is_empty() {
+            // Compose's secrets and configs, put in before the first start as Compose does.
+            let upload = match archive(&plan.service.files) {
+                Ok(tar) => {
+                    let options = UploadToContainerOptions {
+                        path: "/".into(),
+                        ..Default::default()
+                    };
+                    let body = bollard::body_full(tar.into());
+                    let sent = self.docker.upload_to_container(&id, Some(options), body);
+                    sent.await
+                        .map_err(|e| engine(&format!("putting files into {}", plan.name), e))
+                }
+                Err(e) => Err(Error::Runtime {
+                    operation: format!("packing files for {}", plan.name),
+                    message: e.to_string(),
+                }),
+            };
+            if let Err(e) = upload {
+                let _ = self.remove_container(&id).await;
+                return Err(e);
+            }
+        }
         for (network, endpoint) in more_networks.drain(..) {
             let request = NetworkConnectRequest {
                 container: id.clone(),
@@ -577,17 +648,21 @@ fn container_body(
         BindSource::Host(path) | BindSource::Data(path) => path.clone(),
         BindSource::Package(path) => plan.package_dir.join(path).to_string_lossy().into_owned(),
     };
-    // SELinux relabelling exists only in the engine's older `Binds` form.
+    // SELinux relabelling and propagation of binds go in the engine's older `Binds` form,
+    // which takes them on every engine version.
     let relabelled: Vec<String> = (s.mounts.iter())
         .filter_map(|m| match m {
             spec::Mount::Bind {
                 source,
                 target,
                 read_only,
-                relabel: Some(relabel),
+                bind_options: Some(bind_options),
             } => {
                 let mode = if *read_only { "ro" } else { "rw" };
-                Some(format!("{}:{target}:{mode},{relabel}", bind_source(source)))
+                Some(format!(
+                    "{}:{target}:{mode},{bind_options}",
+                    bind_source(source)
+                ))
             }
             _ => None,
         })
@@ -599,7 +674,7 @@ fn container_body(
             !matches!(
                 m,
                 spec::Mount::Bind {
-                    relabel: Some(_),
+                    bind_options: Some(_),
                     ..
                 }
             )
@@ -660,10 +735,16 @@ fn container_body(
             let mut aliases = vec![s.name.clone()];
             aliases.extend(s.container_name.iter().cloned());
             aliases.extend(a.aliases.iter().cloned());
+            let fixed = a.ipv4_address.is_some() || a.ipv6_address.is_some();
             Some((
                 plan.networks.get(&a.network)?.clone(),
                 EndpointSettings {
                     aliases: Some(aliases),
+                    ipam_config: fixed.then(|| EndpointIpamConfig {
+                        ipv4_address: a.ipv4_address.clone(),
+                        ipv6_address: a.ipv6_address.clone(),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 },
             ))

@@ -109,13 +109,14 @@ fn owner(d: &Deployment, c: &Component) -> Owner {
     }
 }
 
-/// Engine names by compose key: the external name where one is given, else the component's own.
+/// Engine names by compose key: the external or custom name where one is given, else the
+/// component's own.
 fn engine_names<'a>(
     owner: &Owner,
-    keys: impl Iterator<Item = (&'a String, &'a Option<String>)>,
+    keys: impl Iterator<Item = (&'a String, Option<&'a String>)>,
 ) -> BTreeMap<String, String> {
-    keys.map(|(key, external)| {
-        let name = external.clone().unwrap_or_else(|| engine_name(owner, key));
+    keys.map(|(key, given)| {
+        let name = given.cloned().unwrap_or_else(|| engine_name(owner, key));
         (key.clone(), name)
     })
     .collect()
@@ -126,11 +127,13 @@ pub fn container_plans(d: &Deployment, c: &Component) -> Vec<ContainerPlan> {
     let owner = owner(d, c);
     let networks = engine_names(
         &owner,
-        c.project.networks.iter().map(|n| (&n.name, &n.external)),
+        (c.project.networks.iter())
+            .map(|n| (&n.name, n.external.as_ref().or(n.custom_name.as_ref()))),
     );
     let volumes = engine_names(
         &owner,
-        c.project.volumes.iter().map(|v| (&v.name, &v.external)),
+        (c.project.volumes.iter())
+            .map(|v| (&v.name, v.external.as_ref().or(v.custom_name.as_ref()))),
     );
     let containers: BTreeMap<String, String> = (c.project.services.iter())
         .map(|s| (s.name.clone(), container_name(&owner, s)))
@@ -213,7 +216,7 @@ pub fn plan(desired: &[Deployment], observed: &Observed, remove_volumes: bool) -
         for c in &d.components {
             let owner = owner(d, c);
             for n in c.project.networks.iter().filter(|n| n.external.is_none()) {
-                let name = engine_name(&owner, &n.name);
+                let name = (n.custom_name.clone()).unwrap_or_else(|| engine_name(&owner, &n.name));
                 if !observed.networks.iter().any(|o| o.name == name) {
                     work.push(Step::CreateNetwork {
                         name: name.clone(),
@@ -224,7 +227,7 @@ pub fn plan(desired: &[Deployment], observed: &Observed, remove_volumes: bool) -
                 wanted_networks.insert(name);
             }
             for v in c.project.volumes.iter().filter(|v| v.external.is_none()) {
-                let name = engine_name(&owner, &v.name);
+                let name = (v.custom_name.clone()).unwrap_or_else(|| engine_name(&owner, &v.name));
                 if !observed.volumes.iter().any(|o| o.name == name) {
                     work.push(Step::CreateVolume {
                         name: name.clone(),
@@ -345,6 +348,8 @@ mod tests {
                         internal: false,
                         external: None,
                         labels: Default::default(),
+                        custom_name: None,
+                        ..Default::default()
                     }],
                     volumes: vec![],
                 },

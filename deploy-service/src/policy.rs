@@ -446,7 +446,7 @@ mod tests {
                     source: BindSource::Host(path.into()),
                     target: "/host".into(),
                     read_only: true,
-                    relabel: None,
+                    bind_options: None,
                 }],
                 ..Default::default()
             }],
@@ -760,6 +760,7 @@ mod tests {
                     .collect(),
                 external: external.map(Into::into),
                 labels: BTreeMap::new(),
+                custom_name: None,
             }],
             ..Default::default()
         }
@@ -817,6 +818,8 @@ mod tests {
                 internal: false,
                 external: Some("host".into()),
                 labels: BTreeMap::new(),
+                custom_name: None,
+                ..Default::default()
             }],
             ..Default::default()
         };

@@ -159,6 +159,35 @@ pub struct Service {
     /// OCI annotations of the container.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// Files put into the container before it starts (`secrets`, `configs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<ContainerFile>,
+}
+
+/// A file put into a container before it starts: a compose secret or config.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerFile {
+    /// Absolute path in the container.
+    pub target: String,
+    /// The content.
+    pub content: Vec<u8>,
+    /// Owner and group ids; root when absent.
+    pub uid: Option<u32>,
+    /// See `uid`.
+    pub gid: Option<u32>,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+// By hand: secrets are in `content`.
+impl std::fmt::Debug for ContainerFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerFile")
+            .field("target", &self.target)
+            .field("bytes", &self.content.len())
+            .field("mode", &format_args!("{:o}", self.mode))
+            .finish_non_exhaustive()
+    }
 }
 
 /// A service's environment: values are often secrets, so printing it shows only the keys.
@@ -338,9 +367,10 @@ pub enum Mount {
         target: String,
         /// Mount read-only.
         read_only: bool,
-        /// SELinux relabelling: `z` (shared with other containers) or `Z` (private).
+        /// Options only the engine's `Binds` form takes, comma-separated: SELinux
+        /// relabelling (`z` shared, `Z` private) and mount propagation (`rslave`, `shared`...).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        relabel: Option<char>,
+        bind_options: Option<String>,
     },
     /// A tmpfs mount.
     Tmpfs {
@@ -365,12 +395,18 @@ pub enum BindSource {
 }
 
 /// A network the container joins.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkAttachment {
     /// The network's compose key.
     pub network: String,
     /// Extra DNS names of the container on that network (the service name is always one).
     pub aliases: Vec<String>,
+    /// A fixed IPv4 address on that network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_address: Option<String>,
+    /// A fixed IPv6 address on that network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_address: Option<String>,
 }
 
 /// A start-order dependency.
@@ -422,7 +458,7 @@ pub struct Logging {
 }
 
 /// A network the project declares.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Network {
     /// The compose key.
     pub name: String,
@@ -430,10 +466,38 @@ pub struct Network {
     pub driver: Option<String>,
     /// Not connected to the outside.
     pub internal: bool,
+    /// Driver options, e.g. macvlan's `parent`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_opts: BTreeMap<String, String>,
+    /// Address pools; the engine picks one when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ipam: Vec<IpamPool>,
+    /// The IPAM driver; the engine's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam_driver: Option<String>,
+    /// IPv6 as well as IPv4.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enable_ipv6: bool,
     /// Created outside the agent; used by this name, never created or removed.
     pub external: Option<String>,
     /// Labels from the compose file.
     pub labels: BTreeMap<String, String>,
+    /// The engine name the file gives it (`name`), instead of the one the agent derives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_name: Option<String>,
+}
+
+/// An address pool of a network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpamPool {
+    /// e.g. `10.77.0.0/16`.
+    pub subnet: Option<String>,
+    /// The part of the subnet containers get addresses from.
+    pub ip_range: Option<String>,
+    /// The gateway address.
+    pub gateway: Option<String>,
+    /// Addresses the engine must not hand out, by host name.
+    pub aux_addresses: BTreeMap<String, String>,
 }
 
 /// A named volume the project declares.
@@ -449,6 +513,9 @@ pub struct Volume {
     pub external: Option<String>,
     /// Labels from the compose file.
     pub labels: BTreeMap<String, String>,
+    /// The engine name the file gives it (`name`), instead of the one the agent derives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_name: Option<String>,
 }
 
 #[cfg(test)]

@@ -199,7 +199,7 @@ fn a_container_name_can_belong_to_one_deployment_only() -> Result<()> {
     let message = failure["error"]["message"].as_str().unwrap_or_default();
     ensure!(
         message.contains(&format!(
-            "services.web.container_name: `{name}` is already the container of deployment {first}"
+            "services.web.container_name: `{name}` already belongs to deployment {first}"
         )),
         "{failure:#}"
     );

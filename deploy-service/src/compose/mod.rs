@@ -4,11 +4,12 @@
 //! accepts every compose key (unknown ones land in catch-all maps) and pins the deprecated
 //! `serde_yaml`, while this device must refuse, by key path, each key it cannot honour.
 //!
-//! Loading runs in stages on the YAML tree: parse, apply `<<` merge keys, drop `x-` extension
-//! keys, interpolate string values, then deserialise into the strict model and resolve it
+//! Loading runs in stages on the YAML tree: parse, apply `<<` merge keys, merge in `include`d
+//! files and `extends` bases, drop `x-` extension keys, interpolate string values, then deserialise into the strict model and resolve it
 //! against the package (env files, bind sources) and itself (declared networks and volumes,
 //! dependencies).
 
+mod extend;
 mod interpolate;
 mod model;
 mod syntax;
@@ -21,8 +22,9 @@ use serde_yaml_ng::Value;
 
 use crate::error::{Error, Result};
 use crate::spec::{
-    BindSource, Condition, Dependency, DeviceRequest, Healthcheck, Logging, Mount, Namespaces,
-    Network, NetworkAttachment, NetworkMode, Project, PullPolicy, Resources, Service, Volume,
+    BindSource, Condition, Dependency, DeviceRequest, Healthcheck, IpamPool, Logging, Mount,
+    Namespaces, Network, NetworkAttachment, NetworkMode, Project, PullPolicy, Resources, Service,
+    Volume,
 };
 use model::{
     ByteSize, Command, ComposeFile, Cpus, DependsOn, DeployDef, DeviceEntry, Duration, Entries,
@@ -68,6 +70,8 @@ fn load_project(
     if tree.is_null() {
         return Err("the file is empty".to_owned());
     }
+    extend::include(&mut tree, dir, package_files, 0)?;
+    extend::extends(&mut tree, dir, package_files)?;
     strip_extensions(&mut tree, Level::Object);
     interpolate::interpolate_tree(&mut tree, &environment)?;
     let compose: ComposeFile = serde_path_to_error::deserialize(tree).map_err(describe_error)?;
@@ -220,6 +224,10 @@ impl Resolver<'_> {
         if definitions.is_empty() {
             return Err("services: no service runs without a profile, and COMPOSE_PROFILES names none of theirs".to_owned());
         }
+        let sources = Sources {
+            secrets: self.file_sources("secrets", compose.secrets)?,
+            configs: self.file_sources("configs", compose.configs)?,
+        };
         let declared = Declared {
             networks: networks.iter().map(|n| n.name.as_str()).collect(),
             volumes: volumes.iter().map(|v| v.name.as_str()).collect(),
@@ -229,7 +237,9 @@ impl Resolver<'_> {
         let mut anonymous = Vec::new();
         for (name, definition) in &definitions {
             check_name("services", name)?;
-            services.push(self.service(name, definition, &declared, &mut anonymous)?);
+            let mut service = self.service(name, definition, &declared, &mut anonymous)?;
+            service.files = container_files(&format!("services.{name}"), definition, &sources)?;
+            services.push(service);
         }
         link_aliases(&mut services);
         check_dependency_cycles(&services)?;
@@ -239,6 +249,7 @@ impl Resolver<'_> {
             driver_opts: BTreeMap::new(),
             external: None,
             labels: BTreeMap::new(),
+            custom_name: None,
         }));
 
         let uses_default = services
@@ -440,7 +451,34 @@ impl Resolver<'_> {
                 .collect(),
             tmpfs,
             annotations: labels(definition.annotations.as_ref()),
+            files: Vec::new(),
         })
+    }
+
+    /// The contents of top-level `secrets` or `configs`, by name.
+    fn file_sources(
+        &self,
+        section: &str,
+        definitions: Option<model::Named<model::FileSourceDef>>,
+    ) -> Result<BTreeMap<String, Vec<u8>>, String> {
+        let mut contents = BTreeMap::new();
+        for (name, d) in definitions.map(|n| n.0).unwrap_or_default() {
+            let path = format!("{section}.{name}");
+            let content = match (d.file, d.environment, d.content) {
+                (Some(file), None, None) => self
+                    .package_bytes(&file)
+                    .map_err(|reason| format!("{path}.file: {reason}"))?
+                    .to_vec(),
+                (None, Some(variable), None) => (self.environment.get(&variable))
+                    .ok_or_else(|| format!("{path}.environment: variable {variable} has no value"))?
+                    .clone()
+                    .into_bytes(),
+                (None, None, Some(content)) => content.into_bytes(),
+                _ => return Err(format!("{path}: give one of file, environment or content")),
+            };
+            contents.insert(name, content);
+        }
+        Ok(contents)
     }
 
     /// `env_file` entries in order, then `environment` on top.
@@ -483,6 +521,12 @@ impl Resolver<'_> {
 
     /// A package file named relative to the compose file, as text.
     fn package_text(&self, relative: &str) -> Result<&str, String> {
+        let bytes = self.package_bytes(relative)?;
+        std::str::from_utf8(bytes).map_err(|_| format!("{relative}: not valid UTF-8"))
+    }
+
+    /// A package file named relative to the compose file.
+    fn package_bytes(&self, relative: &str) -> Result<&[u8], String> {
         if relative.starts_with('/') {
             return Err(format!(
                 "{relative}: only files of the package can be read, give a relative path"
@@ -494,7 +538,7 @@ impl Resolver<'_> {
             .package_files
             .get(&resolved)
             .ok_or_else(|| format!("{relative}: no such file in the package ({resolved})"))?;
-        std::str::from_utf8(bytes).map_err(|_| format!("{relative}: not valid UTF-8"))
+        Ok(bytes)
     }
 
     fn mount(&self, mount: &MountDef, declared: &Declared<'_>) -> Result<Mount, String> {
@@ -519,7 +563,7 @@ impl Resolver<'_> {
                 source,
                 target,
                 read_only,
-                relabel,
+                bind_options,
             } => {
                 let source = if source.starts_with('/') {
                     BindSource::Host(source.clone())
@@ -537,7 +581,7 @@ impl Resolver<'_> {
                     source,
                     target: target.clone(),
                     read_only: *read_only,
-                    relabel: *relabel,
+                    bind_options: bind_options.clone(),
                 })
             }
             MountDef::Tmpfs { target, size } => Ok(Mount::Tmpfs {
@@ -582,19 +626,29 @@ fn attachments(
         return Ok(vec![NetworkAttachment {
             network: DEFAULT_NETWORK.to_owned(),
             aliases: Vec::new(),
+            ipv4_address: None,
+            ipv6_address: None,
         }]);
     }
     named
         .iter()
-        .map(|(network, aliases)| {
+        .map(|(network, attachment)| {
             if network != DEFAULT_NETWORK && !declared.networks.contains(network.as_str()) {
                 return Err(format!(
                     "{path}.networks: network {network} is not declared under the top-level networks"
                 ));
             }
+            let address = |a: &Option<String>, key: &str| match a {
+                Some(a) if a.parse::<std::net::IpAddr>().is_err() => Err(format!(
+                    "{path}.networks.{network}.{key}: `{a}` is not an IP address"
+                )),
+                a => Ok(a.clone()),
+            };
             Ok(NetworkAttachment {
                 network: network.clone(),
-                aliases: aliases.clone(),
+                aliases: attachment.aliases.clone().unwrap_or_default(),
+                ipv4_address: address(&attachment.ipv4_address, "ipv4_address")?,
+                ipv6_address: address(&attachment.ipv6_address, "ipv6_address")?,
             })
         })
         .collect()
@@ -623,6 +677,55 @@ fn dependencies(
         }
     }
     Ok(dependencies)
+}
+
+/// The contents of top-level `secrets` and `configs`, by name.
+struct Sources {
+    secrets: BTreeMap<String, Vec<u8>>,
+    configs: BTreeMap<String, Vec<u8>>,
+}
+
+/// A service's `secrets` (at `/run/secrets/NAME` unless `target` says otherwise) and
+/// `configs` (at `/NAME`), as files put into its container.
+fn container_files(
+    path: &str,
+    definition: &ServiceDef,
+    sources: &Sources,
+) -> Result<Vec<crate::spec::ContainerFile>, String> {
+    let kinds = [
+        (
+            "secrets",
+            &definition.secrets,
+            &sources.secrets,
+            "/run/secrets/",
+            0o444,
+        ),
+        ("configs", &definition.configs, &sources.configs, "/", 0o444),
+    ];
+    let mut files = Vec::new();
+    for (key, references, contents, base, mode) in kinds {
+        for r in references.iter().flatten() {
+            let content = contents.get(&r.source).ok_or_else(|| {
+                format!(
+                    "{path}.{key}: {} is not declared under the top-level {key}",
+                    r.source
+                )
+            })?;
+            let target = r.target.as_deref().unwrap_or(&r.source);
+            let target = match target.starts_with('/') {
+                true => target.to_owned(),
+                false => format!("{base}{target}"),
+            };
+            files.push(crate::spec::ContainerFile {
+                target,
+                content: content.clone(),
+                uid: r.uid,
+                gid: r.gid,
+                mode: r.mode.unwrap_or(mode),
+            });
+        }
+    }
+    Ok(files)
 }
 
 /// The volume key standing for an anonymous volume of `service` at `target`.
@@ -935,11 +1038,17 @@ fn network(name: String, definition: Option<NetworkDef>) -> Result<Network, Stri
             name,
             driver: None,
             internal: false,
+            driver_opts: BTreeMap::new(),
+            ipam: Vec::new(),
+            ipam_driver: None,
+            enable_ipv6: false,
             external: None,
             labels: BTreeMap::new(),
+            custom_name: None,
         });
     };
-    let external = external_name(&path, &name, definition.external, definition.name)?;
+    let (external, custom_name) =
+        external_name(&path, &name, definition.external, definition.name)?;
     let internal = definition.internal.is_some_and(|Flag(flag)| flag);
     let labels = labels(definition.labels.as_ref());
     if external.is_some() && (definition.driver.is_some() || internal || !labels.is_empty()) {
@@ -947,12 +1056,25 @@ fn network(name: String, definition: Option<NetworkDef>) -> Result<Network, Stri
             "{path}: an external network takes no driver, internal or labels"
         ));
     }
+    let ipam = definition.ipam;
     Ok(Network {
         name,
         driver: definition.driver,
         internal,
+        driver_opts: texts(definition.driver_opts.as_ref()),
+        ipam_driver: ipam.as_ref().and_then(|i| i.driver.clone()),
+        ipam: (ipam.and_then(|i| i.config).into_iter().flatten())
+            .map(|pool| IpamPool {
+                subnet: pool.subnet,
+                ip_range: pool.ip_range,
+                gateway: pool.gateway,
+                aux_addresses: pool.aux_addresses.unwrap_or_default(),
+            })
+            .collect(),
+        enable_ipv6: flag(&definition.enable_ipv6),
         external,
         labels,
+        custom_name,
     })
 }
 
@@ -965,9 +1087,11 @@ fn volume(name: String, definition: Option<VolumeDef>) -> Result<Volume, String>
             driver_opts: BTreeMap::new(),
             external: None,
             labels: BTreeMap::new(),
+            custom_name: None,
         });
     };
-    let external = external_name(&path, &name, definition.external, definition.name)?;
+    let (external, custom_name) =
+        external_name(&path, &name, definition.external, definition.name)?;
     let driver_opts = texts(definition.driver_opts.as_ref());
     let labels = labels(definition.labels.as_ref());
     if external.is_some()
@@ -983,29 +1107,32 @@ fn volume(name: String, definition: Option<VolumeDef>) -> Result<Volume, String>
         driver_opts,
         external,
         labels,
+        custom_name,
     })
 }
 
-/// The engine name of an external network or volume, `None` when the agent owns it. A custom
-/// `name` is only honoured for external objects: the agent names what it creates itself.
+/// The engine names of a network or volume: the external object it stands for (`None` when the
+/// agent owns it), and the custom `name` of one the agent owns.
 fn external_name(
     path: &str,
     key: &str,
     external: Option<External>,
     name: Option<String>,
-) -> Result<Option<String>, String> {
+) -> Result<(Option<String>, Option<String>), String> {
     match (external, name) {
-        (None | Some(External::Flag(false)), None) => Ok(None),
-        (None | Some(External::Flag(false)), Some(_)) => Err(format!(
-            "{path}.name: a custom name is only supported with `external: true` (the agent names the objects it creates)"
-        )),
+        (None | Some(External::Flag(false)), name) => {
+            if let Some(name) = &name {
+                check_name(path, name)?;
+            }
+            Ok((None, name))
+        }
         (Some(External::Flag(true)) | Some(External::Named(None)), name) => {
-            Ok(Some(name.unwrap_or_else(|| key.to_owned())))
+            Ok((Some(name.unwrap_or_else(|| key.to_owned())), None))
         }
         (Some(External::Named(Some(inner))), Some(name)) if inner != name => Err(format!(
             "{path}.external.name: `{inner}` differs from {path}.name `{name}`"
         )),
-        (Some(External::Named(Some(inner))), _) => Ok(Some(inner)),
+        (Some(External::Named(Some(inner))), _) => Ok((Some(inner), None)),
     }
 }
 
@@ -1064,6 +1191,8 @@ mod tests {
             internal: false,
             external: None,
             labels: BTreeMap::new(),
+            custom_name: None,
+            ..Default::default()
         }
     }
 
@@ -1071,6 +1200,7 @@ mod tests {
         vec![NetworkAttachment {
             network: "default".into(),
             aliases: vec![],
+            ..Default::default()
         }]
     }
 
@@ -1187,16 +1317,18 @@ volumes:
                 source: BindSource::Package("app/config/nginx.conf".into()),
                 target: "/etc/nginx/nginx.conf".into(),
                 read_only: true,
-                relabel: None,
+                bind_options: None,
             }],
             networks: vec![
                 NetworkAttachment {
                     network: "front".into(),
                     aliases: vec![],
+                    ..Default::default()
                 },
                 NetworkAttachment {
                     network: "back".into(),
                     aliases: vec![],
+                    ..Default::default()
                 },
             ],
             depends_on: vec![Dependency {
@@ -1237,13 +1369,14 @@ volumes:
                     source: BindSource::Host("/etc/localtime".into()),
                     target: "/etc/localtime".into(),
                     read_only: true,
-                    relabel: None,
+                    bind_options: None,
                 },
             ],
             tmpfs: strings(&[("/tmp", "size=64m")]),
             networks: vec![NetworkAttachment {
                 network: "back".into(),
                 aliases: vec!["api".into()],
+                ..Default::default()
             }],
             depends_on: vec![],
             healthcheck: Some(Healthcheck {
@@ -1291,6 +1424,7 @@ volumes:
                 driver_opts: BTreeMap::new(),
                 external: None,
                 labels: BTreeMap::new(),
+                custom_name: None,
             }],
         };
         assert_eq!(project, expected);
@@ -1304,8 +1438,8 @@ volumes:
                 "services.web.develop: unsupported key",
             ),
             (
-                "services:\n  web:\n    image: nginx\n    deploy:\n      placement: {}\n",
-                "services.web.deploy.placement: unsupported key",
+                "services:\n  web:\n    image: nginx\n    deploy:\n      resources:\n        limits: {devices: []}\n",
+                "services.web.deploy.resources.limits.devices: unsupported key",
             ),
             (
                 "services:\n  web:\n    image: nginx\n    external_links: [other]\n",
@@ -1316,16 +1450,16 @@ volumes:
                 "services.web.ports[0].mode: unsupported key",
             ),
             (
-                "services:\n  web:\n    image: nginx\n    networks:\n      front:\n        ipv4_address: 10.0.0.2\nnetworks:\n  front:\n",
-                "services.web.networks.front.ipv4_address: unsupported key",
+                "services:\n  web:\n    image: nginx\n    networks:\n      front:\n        priority: 10\nnetworks:\n  front:\n",
+                "services.web.networks.front.priority: unsupported key",
             ),
             (
                 "services:\n  web:\n    image: nginx\n    volumes:\n      - type: volume\n        source: data\n        target: /d\n        volume:\n          subpath: x\nvolumes:\n  data:\n",
                 "services.web.volumes[0].volume.subpath: unsupported key",
             ),
             (
-                "services:\n  web:\n    image: nginx\nnetworks:\n  front:\n    ipam: {}\n",
-                "networks.front.ipam: unsupported key",
+                "services:\n  web:\n    image: nginx\nnetworks:\n  front:\n    ipam: {options: {}}\n",
+                "networks.front.ipam.options: unsupported key",
             ),
         ];
         for (yaml, expected) in cases {
@@ -1472,7 +1606,7 @@ services:
                     source: BindSource::Host(format!("{home}/data")),
                     target: "/data".into(),
                     read_only: false,
-                    relabel: Some('z')
+                    bind_options: Some("z".into())
                 },
             ]
         );
@@ -1598,7 +1732,7 @@ services:
                 source: BindSource::Host("/srv/db".into()),
                 target: "/var/lib/db".into(),
                 read_only: false,
-                relabel: None
+                bind_options: None
             }]
         );
         assert_eq!(
@@ -1813,8 +1947,8 @@ volumes:
                 "services.bad name: invalid name (use letters, digits, `_`, `.` and `-`, starting with a letter or digit)",
             ),
             (
-                "services:\n  web:\n    image: nginx\nnetworks:\n  front:\n    name: custom\n",
-                "networks.front.name: a custom name is only supported with `external: true` (the agent names the objects it creates)",
+                "services:\n  web:\n    image: nginx\nnetworks:\n  front:\n    name: \"bad name\"\n",
+                "networks.front.bad name: invalid name (use letters, digits, `_`, `.` and `-`, starting with a letter or digit)",
             ),
         ];
         for (yaml, expected) in cases {
@@ -2005,7 +2139,7 @@ volumes:
                     source: BindSource::Package("app".into()),
                     target: "/pkg".into(),
                     read_only: false,
-                    relabel: None
+                    bind_options: None
                 },
             ]
         );
@@ -2030,6 +2164,7 @@ volumes:
                     driver_opts: strings(&[("type", "none"), ("o", "bind")]),
                     external: None,
                     labels: strings(&[("tier", "db")]),
+                    custom_name: None,
                 },
                 Volume {
                     name: "shared".into(),
@@ -2037,6 +2172,7 @@ volumes:
                     driver_opts: BTreeMap::new(),
                     external: Some("team-shared".into()),
                     labels: BTreeMap::new(),
+                    custom_name: None,
                 },
             ]
         );
@@ -2060,13 +2196,13 @@ volumes:
                     source: BindSource::Package("deep/shared/conf".into()),
                     target: "/conf".into(),
                     read_only: false,
-                    relabel: None
+                    bind_options: None
                 },
                 &Mount::Bind {
                     source: BindSource::Package("deep/app".into()),
                     target: "/pkg".into(),
                     read_only: false,
-                    relabel: None
+                    bind_options: None
                 },
             ]
         );
@@ -2117,5 +2253,72 @@ volumes:
             ),
             "services.web.healthcheck.test: a test list must be [\"CMD\", args...], [\"CMD-SHELL\", command] or [\"NONE\"]"
         );
+    }
+}
+
+/// The corpus of realistic compose files in `testdata/compose-corpus`, each loaded as woa-deploy
+/// loads a package, against what Compose v2 decided about the same file.
+#[cfg(test)]
+mod corpus {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    fn package(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+        let mut files = BTreeMap::new();
+        let mut pending = vec![dir.to_path_buf()];
+        while let Some(at) = pending.pop() {
+            for entry in std::fs::read_dir(&at).expect("corpus directory").flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    pending.push(path);
+                } else if let Ok(relative) = path.strip_prefix(dir) {
+                    let bytes = std::fs::read(&path).expect("corpus file");
+                    files.insert(relative.to_string_lossy().into_owned(), bytes);
+                }
+            }
+        }
+        files
+    }
+
+    /// Files Compose v2 accepts that woa-deploy refuses on purpose, with why.
+    const REFUSED: &[(&str, &str)] = &[
+        // Podman's user namespace mode; the Docker engine refuses it at create.
+        (
+            "freshrss-selinux",
+            "userns_mode: `keep-id` is not supported",
+        ),
+        // One container per service on this device.
+        (
+            "rabbitmq-workers",
+            "deploy.replicas: 3 replicas are not supported",
+        ),
+    ];
+
+    #[test]
+    fn the_corpus_loads_where_compose_v2_accepts_it() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/compose-corpus");
+        let expected = std::fs::read_to_string(root.join("EXPECTED.tsv")).expect("EXPECTED.tsv");
+        let (mut accepted, mut v2_accepted, mut wrong) = (0, 0, Vec::new());
+        for line in expected.lines().skip(1) {
+            let [name, file, v2, _, build] = line.split('\t').collect::<Vec<_>>()[..] else {
+                panic!("EXPECTED.tsv line {line:?}");
+            };
+            let files = package(&root.join(name));
+            let loaded = super::load(file, &files[file], &BTreeMap::new(), &files);
+            let v2_accepts = v2 == "accept" && build == "no";
+            v2_accepted += usize::from(v2_accepts);
+            accepted += usize::from(loaded.is_ok());
+            match (&loaded, v2_accepts) {
+                (Ok(_), true) | (Err(_), false) => {}
+                (Err(e), true)
+                    if REFUSED
+                        .iter()
+                        .any(|(n, why)| *n == name && e.to_string().contains(why)) => {}
+                (Err(e), true) => wrong.push(format!("{name}: refused: {e}")),
+                (Ok(_), false) => wrong.push(format!("{name}: accepted, Compose v2 refuses it")),
+            }
+        }
+        println!("woa accepts {accepted}; Compose v2 accepts {v2_accepted} without build");
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     }
 }

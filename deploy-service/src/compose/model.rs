@@ -30,6 +30,96 @@ pub(super) struct ComposeFile {
     pub services: Option<Named<ServiceDef>>,
     pub networks: Option<Named<Option<NetworkDef>>>,
     pub volumes: Option<Named<Option<VolumeDef>>>,
+    pub secrets: Option<Named<FileSourceDef>>,
+    pub configs: Option<Named<FileSourceDef>>,
+}
+
+/// One entry of top-level `secrets` or `configs`: where its content comes from.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with file, environment or content"
+)]
+pub(super) struct FileSourceDef {
+    pub file: Option<String>,
+    pub environment: Option<String>,
+    pub content: Option<String>,
+}
+
+/// A service's `secrets` or `configs` entry: a name, or `source` with `target`, `uid`, `gid`
+/// and `mode`.
+pub(super) struct FileRef {
+    pub source: String,
+    pub target: Option<String>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub mode: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with source, target, uid, gid and mode"
+)]
+struct LongFileRef {
+    source: String,
+    target: Option<String>,
+    uid: Option<Text>,
+    gid: Option<Text>,
+    mode: Option<Text>,
+}
+
+impl<'de> Deserialize<'de> for FileRef {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(FileRefVisitor)
+    }
+}
+
+struct FileRefVisitor;
+
+impl<'de> Visitor<'de> for FileRefVisitor {
+    type Value = FileRef;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a name or a mapping with source and target")
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        Ok(FileRef {
+            source: value.to_owned(),
+            target: None,
+            uid: None,
+            gid: None,
+            mode: None,
+        })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let long = LongFileRef::deserialize(MapAccessDeserializer::new(map))?;
+        let id = |text: Option<Text>, key: &str| -> Result<Option<u32>, A::Error> {
+            text.map(|Text(t)| {
+                (t.parse()).map_err(|_| de::Error::custom(format!("{key} `{t}` is not a number")))
+            })
+            .transpose()
+        };
+        // Compose files write modes in octal (`0440`); YAML may already have read the digits
+        // as a decimal number, so the digits are what counts.
+        let mode = long
+            .mode
+            .map(|Text(t)| {
+                let digits = t.trim_start_matches("0o");
+                u32::from_str_radix(digits, 8)
+                    .map_err(|_| de::Error::custom(format!("mode `{t}` is not an octal mode")))
+            })
+            .transpose()?;
+        Ok(FileRef {
+            source: long.source,
+            target: long.target,
+            uid: id(long.uid, "uid")?,
+            gid: id(long.gid, "gid")?,
+            mode,
+        })
+    }
 }
 
 /// One entry of `services`.
@@ -100,6 +190,8 @@ pub(super) struct ServiceDef {
     pub profiles: Option<Vec<String>>,
     pub scale: Option<Integer>,
     pub deploy: Option<DeployDef>,
+    pub secrets: Option<Vec<FileRef>>,
+    pub configs: Option<Vec<FileRef>>,
 }
 
 /// A service's `deploy`: the parts that mean something on one engine.
@@ -111,6 +203,18 @@ pub(super) struct DeployDef {
     pub replicas: Option<Integer>,
     pub resources: Option<ResourcesDef>,
     pub restart_policy: Option<RestartPolicyDef>,
+    /// Swarm's rolling updates and placement: Compose ignores them on one engine, and so does
+    /// the agent, which has its own rollout.
+    #[serde(rename = "update_config")]
+    pub _update_config: Option<IgnoredAny>,
+    #[serde(rename = "rollback_config")]
+    pub _rollback_config: Option<IgnoredAny>,
+    #[serde(rename = "placement")]
+    pub _placement: Option<IgnoredAny>,
+    #[serde(rename = "endpoint_mode")]
+    pub _endpoint_mode: Option<IgnoredAny>,
+    #[serde(rename = "labels")]
+    pub _labels: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -326,10 +430,37 @@ pub(super) struct LoggingDef {
 #[serde(deny_unknown_fields, expecting = "a mapping of network keys")]
 pub(super) struct NetworkDef {
     pub driver: Option<String>,
+    pub driver_opts: Option<BTreeMap<String, Text>>,
     pub internal: Option<Flag>,
     pub external: Option<External>,
     pub name: Option<String>,
     pub labels: Option<Entries>,
+    pub ipam: Option<IpamDef>,
+    pub enable_ipv6: Option<Flag>,
+    /// Swarm's: on one engine every network is attachable.
+    #[serde(rename = "attachable")]
+    pub _attachable: Option<Flag>,
+}
+
+/// A network's `ipam`: its address pools.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with driver and config")]
+pub(super) struct IpamDef {
+    pub driver: Option<String>,
+    pub config: Option<Vec<IpamPoolDef>>,
+}
+
+/// One `ipam.config` entry.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with subnet, ip_range, gateway and aux_addresses"
+)]
+pub(super) struct IpamPoolDef {
+    pub subnet: Option<String>,
+    pub ip_range: Option<String>,
+    pub gateway: Option<String>,
+    pub aux_addresses: Option<BTreeMap<String, String>>,
 }
 
 /// One entry of top-level `volumes`.
@@ -493,12 +624,18 @@ impl<'de> Deserialize<'de> for KeyValue {
 }
 
 /// A service's `networks`: a list of names or a mapping of names to attachment options.
-pub(super) struct ServiceNetworks(pub Vec<(String, Vec<String>)>);
+pub(super) struct ServiceNetworks(pub Vec<(String, AttachmentDef)>);
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a mapping with aliases")]
-struct AttachmentDef {
-    aliases: Option<Vec<String>>,
+/// How a service joins one network.
+#[derive(Deserialize, Default)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with aliases, ipv4_address and ipv6_address"
+)]
+pub(super) struct AttachmentDef {
+    pub aliases: Option<Vec<String>>,
+    pub ipv4_address: Option<String>,
+    pub ipv6_address: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for ServiceNetworks {
@@ -519,7 +656,7 @@ impl<'de> Visitor<'de> for ServiceNetworksVisitor {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut networks = Vec::new();
         while let Some(name) = seq.next_element::<String>()? {
-            networks.push((name, Vec::new()));
+            networks.push((name, AttachmentDef::default()));
         }
         Ok(ServiceNetworks(networks))
     }
@@ -528,8 +665,7 @@ impl<'de> Visitor<'de> for ServiceNetworksVisitor {
         let mut networks = Vec::new();
         while let Some(name) = map.next_key::<String>()? {
             let attachment: Option<AttachmentDef> = map.next_value()?;
-            let aliases = attachment.and_then(|a| a.aliases).unwrap_or_default();
-            networks.push((name, aliases));
+            networks.push((name, attachment.unwrap_or_default()));
         }
         Ok(ServiceNetworks(networks))
     }
@@ -697,16 +833,17 @@ struct LongMount {
     _consistency: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with create_host_path and selinux"
+    expecting = "a mapping with create_host_path, selinux and propagation"
 )]
 struct BindOptions {
     /// Compose creates a missing host directory unless this is false; so does the agent.
     #[serde(rename = "create_host_path")]
     _create_host_path: Option<Flag>,
     selinux: Option<String>,
+    propagation: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -767,12 +904,21 @@ fn long_mount(long: LongMount) -> Result<MountDef, String> {
     if long.bind.is_some() && long.kind != MountKind::Bind {
         return Err("`bind` options only apply to type bind".to_owned());
     }
-    let relabel = match long.bind.and_then(|b| b.selinux).as_deref() {
-        None => None,
-        Some("z") => Some('z'),
-        Some("Z") => Some('Z'),
+    let bind = long.bind.unwrap_or_default();
+    let mut engine_options = Vec::new();
+    match bind.selinux.as_deref() {
+        None => {}
+        Some(relabel @ ("z" | "Z")) => engine_options.push(relabel.to_owned()),
         Some(other) => return Err(format!("bind.selinux `{other}` is not z or Z")),
-    };
+    }
+    match bind.propagation.as_deref() {
+        None => {}
+        Some(p @ ("shared" | "rshared" | "slave" | "rslave" | "private" | "rprivate")) => {
+            engine_options.push(p.to_owned());
+        }
+        Some(other) => return Err(format!("bind.propagation `{other}` is not a propagation")),
+    }
+    let bind_options = (!engine_options.is_empty()).then(|| engine_options.join(","));
     match (long.kind, long.source) {
         (MountKind::Volume, Some(source)) if !source.is_empty() => Ok(MountDef::Volume {
             source,
@@ -784,7 +930,7 @@ fn long_mount(long: LongMount) -> Result<MountDef, String> {
             source,
             target,
             read_only,
-            relabel,
+            bind_options,
         }),
         (MountKind::Bind, _) => Err("a bind mount needs a source".to_owned()),
         (MountKind::Tmpfs, Some(_)) => Err("a tmpfs mount takes no source".to_owned()),

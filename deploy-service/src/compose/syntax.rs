@@ -29,8 +29,8 @@ pub(super) enum MountDef {
         target: String,
         /// Mount read-only.
         read_only: bool,
-        /// SELinux relabelling: `z` (shared) or `Z` (private).
-        relabel: Option<char>,
+        /// SELinux relabelling and propagation, comma-separated (`z`, `Z`, `rslave`...).
+        bind_options: Option<String>,
     },
     /// A volume without a name, kept for the service's life (`- /app/node_modules`).
     Anonymous {
@@ -157,18 +157,19 @@ pub(super) fn parse_short_volume(spec: &str) -> Result<MountDef, String> {
         [source, target, options] => (*source, *target, *options),
         _ => return Err(format!("`{spec}` is not `source:target[:ro]`")),
     };
-    let (mut read_only, mut relabel) = (false, None);
+    let (mut read_only, mut engine_options) = (false, Vec::new());
     for option in options.split(',').filter(|option| !option.is_empty()) {
         match option {
             "ro" => read_only = true,
             "rw" => read_only = false,
-            "z" => relabel = Some('z'),
-            "Z" => relabel = Some('Z'),
+            "z" | "Z" | "shared" | "rshared" | "slave" | "rslave" | "private" | "rprivate" => {
+                engine_options.push(option);
+            }
             // Docker Desktop's file-sharing hints; nothing to do on a Linux engine.
             "cached" | "delegated" | "consistent" | "nocopy" => {}
             other => {
                 return Err(format!(
-                    "`{spec}`: volume option `{other}` is not supported (use ro, rw, z or Z)"
+                    "`{spec}`: volume option `{other}` is not supported (use ro, rw, z, Z or a propagation)"
                 ));
             }
         }
@@ -177,12 +178,13 @@ pub(super) fn parse_short_volume(spec: &str) -> Result<MountDef, String> {
     if source.is_empty() {
         return Err(format!("`{spec}` has an empty source"));
     }
+    let bind_options = (!engine_options.is_empty()).then(|| engine_options.join(","));
     if source.starts_with('.') || source.starts_with('/') || source.starts_with('~') {
         Ok(MountDef::Bind {
             source: source.to_owned(),
             target,
             read_only,
-            relabel,
+            bind_options,
         })
     } else {
         Ok(MountDef::Volume {
@@ -605,7 +607,7 @@ mod tests {
                 source: "./conf".into(),
                 target: "/etc/app".into(),
                 read_only: true,
-                relabel: None
+                bind_options: None
             })
         );
         assert_eq!(
@@ -614,7 +616,7 @@ mod tests {
                 source: "/srv/x".into(),
                 target: "/x".into(),
                 read_only: false,
-                relabel: None
+                bind_options: None
             })
         );
         assert_eq!(
@@ -623,7 +625,7 @@ mod tests {
                 source: "../shared".into(),
                 target: "/shared".into(),
                 read_only: false,
-                relabel: None
+                bind_options: None
             })
         );
         assert_eq!(
@@ -632,7 +634,7 @@ mod tests {
                 source: "~/data".into(),
                 target: "/data".into(),
                 read_only: false,
-                relabel: Some('Z')
+                bind_options: Some("Z".into())
             })
         );
         assert_eq!(

@@ -1,0 +1,3 @@
+module example.com/modbus-bridge
+
+go 1.22
