@@ -207,3 +207,75 @@ fn a_container_name_can_belong_to_one_deployment_only() -> Result<()> {
     wait_answer(&first, "first")?;
     Ok(())
 }
+
+/// `docker cp` of one file out of a container.
+fn file_in(container: &str, path: &str) -> Result<String> {
+    let out = std::process::Command::new("docker")
+        .args(["cp", &format!("{container}:{path}"), "-"])
+        .output()?;
+    ensure!(out.status.success(), "docker cp {path}: {out:?}");
+    let mut archive = tar::Archive::new(out.stdout.as_slice());
+    let mut entry = archive.entries()?.next().context("empty archive")??;
+    let mode = entry.header().mode()? & 0o7777;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut entry, &mut text)?;
+    Ok(format!("{mode:o} {text}"))
+}
+
+#[test]
+fn secrets_and_configs_are_in_the_container_before_it_starts() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let deploy = Deploy::start()?;
+    let id = cleanup.deployment_id()?;
+    let extra = "    secrets:\n      - token\n      - source: key\n        target: /etc/app/key\n        \
+                 mode: 0400\n    configs:\n      - source: motd\n        target: /etc/motd\n\
+                 secrets:\n  token:\n    file: ./token.txt\n  key:\n    environment: KEY\n\
+                 configs:\n  motd:\n    content: |\n      hello ${KEY}\n";
+    let app = AppDeployment::new(&id, "files")
+        .component("app", &location(&id))
+        .parameter("KEY", "k-1", &["app"]);
+    let desired = DesiredState::new("r1")
+        .deployment(&app)
+        .artifact(&location(&id), web("files", extra)?.as_str())
+        .artifact(&format!("apps/{id}/token.txt"), "t0ken");
+    deploy.apply(&desired)?;
+    deploy.wait_for(&id, "r1", "INSTALLED")?;
+    wait_answer(&id, "files")?;
+    let container = &containers(&id)?[0].id;
+    for (path, want) in [
+        ("/run/secrets/token", "444 t0ken"),
+        ("/etc/app/key", "400 k-1"),
+        ("/etc/motd", "444 hello k-1\n"),
+    ] {
+        let got = file_in(container, path)?;
+        ensure!(got == want, "{path}: {got:?}, expected {want:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_network_with_its_own_pool_gives_fixed_addresses() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let deploy = Deploy::start()?;
+    let id = cleanup.deployment_id()?;
+    // A subnet from the id, so that tests running at once do not ask for the same one.
+    let octet = u8::from_str_radix(&id[..2], 16)? % 200 + 20;
+    let extra = format!(
+        "    networks:\n      plant:\n        ipv4_address: 10.{octet}.7.10\n\
+         networks:\n  plant:\n    ipam:\n      config:\n        - subnet: 10.{octet}.7.0/24\n          \
+         gateway: 10.{octet}.7.1\n"
+    );
+    deploy.apply(&state("r1", &id, &web("fixed", &extra)?))?;
+    deploy.wait_for(&id, "r1", "INSTALLED")?;
+    let c = the_container(&id)?;
+    let networks = c["NetworkSettings"]["Networks"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let address = networks.values().next().map(|n| n["IPAddress"].clone());
+    ensure!(
+        address == Some(json!(format!("10.{octet}.7.10"))),
+        "{networks:#?}"
+    );
+    Ok(())
+}
