@@ -1,12 +1,18 @@
 //! Device capabilities: probed from the engine and the host, overridable from config.
 
-use woa_common::margo::{self, Cpu, DeviceProperties, Interface};
+use woa_common::margo::{self, Cpu, DeviceProperties, Interface, Peripheral};
 
 use crate::config::DeviceOverrides;
+use crate::policy::PolicyConfig;
 use crate::runtime::EngineFacts;
 
-/// The capabilities of this device.
-pub fn probe(facts: &EngineFacts, device: &DeviceOverrides) -> DeviceProperties {
+/// The capabilities of this device: what it has, and of that what the owner's policy lets
+/// apps use (devices, GPUs, runtimes), so the orchestrator can place the apps that need them.
+pub fn probe(
+    facts: &EngineFacts,
+    device: &DeviceOverrides,
+    policy: &PolicyConfig,
+) -> DeviceProperties {
     let or = |v: &str, default: String| if v.is_empty() { default } else { v.to_string() };
     DeviceProperties {
         id: or(
@@ -23,16 +29,50 @@ pub fn probe(facts: &EngineFacts, device: &DeviceOverrides) -> DeviceProperties 
         }],
         memory: margo::binary_size(facts.memory_bytes),
         storage: disk_bytes("/").map(margo::binary_size).unwrap_or_default(),
-        peripherals: vec![],
+        peripherals: peripherals(policy),
         interfaces: (network_interfaces().into_iter())
             .map(|(kind, name)| Interface {
                 kind,
                 name: Some(name),
             })
             .collect(),
-        supported_runtimes: vec![facts.runtime.clone()],
+        supported_runtimes: [vec![facts.runtime.clone()], policy.runtimes.clone()].concat(),
         supported_deployment_types: vec!["compose".into()],
     }
+}
+
+/// The devices apps may use, by kind: serial ports, cameras, sound, GPIO, USB, GPUs.
+fn peripherals(policy: &PolicyConfig) -> Vec<Peripheral> {
+    let kind = |path: &str| {
+        let name = path.trim_start_matches("/dev/");
+        let kinds = [
+            ("tty", "serial"),
+            ("video", "camera"),
+            ("snd", "audio"),
+            ("gpio", "gpio"),
+            ("bus/usb", "usb"),
+            ("i2c", "i2c"),
+            ("spidev", "spi"),
+            ("dri", "gpu"),
+        ];
+        let found = kinds.iter().find(|(prefix, _)| name.starts_with(prefix));
+        found.map_or("device", |(_, kind)| kind)
+    };
+    let mut out: Vec<Peripheral> = (policy.devices.iter())
+        .map(|path| Peripheral {
+            kind: kind(path).to_owned(),
+            manufacturer: None,
+            model: Some(path.clone()),
+        })
+        .collect();
+    if policy.gpus {
+        out.push(Peripheral {
+            kind: "gpu".to_owned(),
+            manufacturer: None,
+            model: None,
+        });
+    }
+    out
 }
 
 fn read_trimmed(path: &str) -> Option<String> {
@@ -81,4 +121,42 @@ fn network_interfaces() -> Vec<(String, String)> {
 fn disk_bytes(path: &str) -> Option<u64> {
     let st = rustix::fs::statvfs(path).ok()?;
     Some(st.f_blocks.saturating_mul(st.f_frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_capabilities_name_what_the_policy_lets_apps_use() {
+        let policy = PolicyConfig {
+            devices: vec!["/dev/ttyUSB*".into(), "/dev/video0".into()],
+            gpus: true,
+            runtimes: vec!["nvidia".into()],
+            ..Default::default()
+        };
+        let facts = EngineFacts {
+            runtime: "docker 20.10.24".into(),
+            ..Default::default()
+        };
+        let p = probe(&facts, &DeviceOverrides::default(), &policy);
+        let kinds: Vec<(&str, Option<&str>)> = (p.peripherals.iter())
+            .map(|x| (x.kind.as_str(), x.model.as_deref()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("serial", Some("/dev/ttyUSB*")),
+                ("camera", Some("/dev/video0")),
+                ("gpu", None)
+            ]
+        );
+        assert_eq!(p.supported_runtimes, ["docker 20.10.24", "nvidia"]);
+        let none = probe(
+            &facts,
+            &DeviceOverrides::default(),
+            &PolicyConfig::default(),
+        );
+        assert!(none.peripherals.is_empty());
+    }
 }

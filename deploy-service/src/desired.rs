@@ -236,6 +236,7 @@ async fn resolve_deployment(
         let vars = variables.remove(c.name.as_str()).unwrap_or_default();
         let mut project =
             compose::load(&package.compose_file, &compose_yaml, &vars, &package.files)?;
+        let policy = policy.for_deployment(&d.id, d.application_id.as_deref());
         policy.check(&project).map_err(|message| Error::Policy {
             file: package.compose_file.clone(),
             message,

@@ -11,6 +11,7 @@
 //! Like an admission check, the policy is applied when a document arrives: a refused
 //! deployment fails, and whatever ran before keeps running.
 
+use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -57,6 +58,34 @@ pub struct PolicyConfig {
     pub unconfined: bool,
     /// OCI runtimes apps may ask for with `runtime`, beyond the engine's default (`runc`).
     pub runtimes: Vec<String>,
+    /// More for particular deployments, by deployment id or application id: what a table
+    /// here allows is added to what the settings above allow, for those deployments only.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub deployments: BTreeMap<String, PolicyConfig>,
+}
+
+impl PolicyConfig {
+    /// These settings with `more` added: lists joined, switches on when either is on.
+    fn with(&self, more: &PolicyConfig) -> PolicyConfig {
+        let join = |a: &[String], b: &[String]| [a, b].concat();
+        PolicyConfig {
+            host_paths: [self.host_paths.as_slice(), &more.host_paths].concat(),
+            engine_socket: self.engine_socket || more.engine_socket,
+            agent_dirs: self.agent_dirs || more.agent_dirs,
+            external_networks: join(&self.external_networks, &more.external_networks),
+            external_volumes: join(&self.external_volumes, &more.external_volumes),
+            capabilities: join(&self.capabilities, &more.capabilities),
+            privileged: self.privileged || more.privileged,
+            host_namespaces: join(&self.host_namespaces, &more.host_namespaces),
+            devices: join(&self.devices, &more.devices),
+            device_cgroup_rules: self.device_cgroup_rules || more.device_cgroup_rules,
+            gpus: self.gpus || more.gpus,
+            sysctls: join(&self.sysctls, &more.sysctls),
+            unconfined: self.unconfined || more.unconfined,
+            runtimes: join(&self.runtimes, &more.runtimes),
+            deployments: BTreeMap::new(),
+        }
+    }
 }
 
 /// Kernel parameters any app may set: namespaced to the container and harmless to the host
@@ -135,6 +164,7 @@ impl Protected {
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     config: PolicyConfig,
+    protected: Protected,
     host_paths: Vec<PathBuf>,
     engine_sockets: Vec<PathBuf>,
     agent_dirs: Vec<PathBuf>,
@@ -151,7 +181,29 @@ impl Policy {
             agent_dirs: forms(&protected.agent_dirs),
             capabilities: config.capabilities.iter().map(|c| capability(c)).collect(),
             config,
+            protected,
         }
+    }
+
+    /// The policy for deployment `id` of application `application` (either may have a table
+    /// of its own under `policy.deployments`).
+    pub fn for_deployment(&self, id: &str, application: Option<&str>) -> Policy {
+        let tables = [Some(id), application].into_iter().flatten();
+        let mut config = self.config.clone();
+        let mut specific = false;
+        for table in tables.filter_map(|key| self.config.deployments.get(key)) {
+            config = config.with(table);
+            specific = true;
+        }
+        match specific {
+            true => Policy::new(config, self.protected.clone()),
+            false => self.clone(),
+        }
+    }
+
+    /// The owner's settings, for the device's capabilities.
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
     }
 
     /// Checks a compose project; `Err` names the compose key, what was refused and the setting
@@ -423,8 +475,6 @@ fn wildcard(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::spec::{Device, DeviceRequest, Namespaces, Network, Service};
 
@@ -617,6 +667,38 @@ mod tests {
             ..Default::default()
         };
         assert!(policy(owner).check(&gpio).is_err());
+    }
+
+    #[test]
+    fn a_deployment_or_application_table_adds_to_the_device_wide_settings() {
+        let project = asking(Service {
+            network_mode: Some(NetworkMode::Host),
+            ..Default::default()
+        });
+        let owner = PolicyConfig {
+            devices: vec!["/dev/ttyUSB*".into()],
+            deployments: BTreeMap::from([(
+                "historian".to_owned(),
+                PolicyConfig {
+                    host_namespaces: vec!["network".into()],
+                    ..Default::default()
+                },
+            )]),
+            ..Default::default()
+        };
+        let device = policy(owner);
+        assert!(device.check(&project).is_err());
+        assert!(device.for_deployment("d-1", None).check(&project).is_err());
+        device
+            .for_deployment("d-1", Some("historian"))
+            .check(&project)
+            .unwrap();
+        device
+            .for_deployment("historian", None)
+            .check(&project)
+            .unwrap();
+        let merged = device.for_deployment("d-1", Some("historian"));
+        assert_eq!(merged.config().devices, ["/dev/ttyUSB*"]);
     }
 
     #[test]

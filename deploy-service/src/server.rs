@@ -113,7 +113,8 @@ impl<R: ContainerRuntime> DeploymentService for Api<R> {
         _: Request<pb::GetCapabilitiesRequest>,
     ) -> Result<Response<pb::DeviceCapabilities>, Status> {
         let facts = self.agent.runtime().facts().await.map_err(to_status)?;
-        let properties = capabilities::probe(&facts, &self.device);
+        let policy = self.agent.settings.policy.config();
+        let properties = capabilities::probe(&facts, &self.device, policy);
         Ok(Response::new(convert::capabilities(properties)))
     }
 
