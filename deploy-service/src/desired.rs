@@ -241,7 +241,7 @@ async fn resolve_deployment(
             file: package.compose_file.clone(),
             message,
         })?;
-        let data = data_dir(packages_dir, &d.id).join(&c.name);
+        let data = data_dir(packages_dir, &d.id).join(path_part(&c.name)?);
         keep_data_outside_the_package(&mut project, &package.files, &data)?;
         let package_dir = store_package(packages_dir, &package.files)?;
         let bind_digests = bind_digests(&project, &package.files);
@@ -263,7 +263,7 @@ async fn resolve_deployment(
 fn claim_names(
     id: &str,
     components: Vec<Component>,
-    taken: &mut BTreeMap<(&'static str, String), String>,
+    taken: &mut BTreeMap<(&'static str, String), (String, String)>,
 ) -> Result<Vec<Component>> {
     for c in &components {
         let p = &c.project;
@@ -291,15 +291,19 @@ fn claim_names(
         });
         // Kinds apart: a network and a volume may share a name.
         for (kind, key, name) in services.chain(networks).chain(volumes) {
+            let owner = (id.to_owned(), c.name.clone());
             match taken.get(&(kind, name.clone())) {
-                Some(other) if other != id => {
+                Some(other) if *other != owner => {
+                    let (deployment, component) = other;
                     return Err(Error::Compose {
                         file: c.name.clone(),
-                        message: format!("{key}: `{name}` already belongs to deployment {other}"),
+                        message: format!(
+                            "{key}: `{name}` already belongs to component {component} of deployment {deployment}"
+                        ),
                     });
                 }
                 _ => {
-                    taken.insert((kind, name.clone()), id.to_owned());
+                    taken.insert((kind, name.clone()), owner);
                 }
             }
         }
@@ -314,10 +318,30 @@ pub fn data_dir(packages_dir: &Path, id: &str) -> PathBuf {
     state.join("data").join(id)
 }
 
+/// A component name as one part of a host path: no separators, no `.` or `..`.
+fn path_part(name: &str) -> Result<&str> {
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    match plain {
+        true => Ok(name),
+        false => Err(Error::Document(woa_common::Error::Document {
+            path: String::new(),
+            field: "spec.deploymentProfile.components.name".into(),
+            message: format!(
+                "component name `{name}` must be letters, digits, `.`, `_` and `-` (it names the component's data directory)"
+            ),
+        })),
+    }
+}
+
 /// A relative bind of a path the package does not ship (`./volumes/db:/var/lib/db`) is where
 /// the app keeps its data, as it is with Compose next to the compose file: it becomes a
 /// directory of the deployment's own under `data`, which outlives releases, rollbacks and
-/// restarts (the package directory is per release). Paths the package ships stay package
+/// restarts (the package directory is per release), one for each bound path. Paths the package ships stay package
 /// content. The directories are made here, as Compose makes a missing bind source.
 fn keep_data_outside_the_package(
     project: &mut Project,
@@ -337,7 +361,9 @@ fn keep_data_outside_the_package(
                 && let BindSource::Package(path) = source
                 && !ships(path)
             {
-                let dir = data.join(path.as_str());
+                // One flat directory per bound path, none inside another: a container can
+                // plant symlinks in what it binds, and no other bind may lead through them.
+                let dir = data.join(path.replace('%', "%25").replace('/', "%2F"));
                 std::fs::create_dir_all(&dir).map_err(|e| {
                     Error::file("making a data directory", woa_common::Error::file(&dir, e))
                 })?;

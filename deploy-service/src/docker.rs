@@ -277,27 +277,12 @@ fn managed_filter(instance: &str) -> [(String, Vec<String>); 1] {
     )]
 }
 
-/// A tar archive of `files` at their absolute paths, with the directories above them.
+/// A tar archive of `files` at their absolute paths. It holds no directories: the engine makes
+/// missing ones, and an entry for an existing one (`/tmp`) would change its owner and mode.
 fn archive(files: &[spec::ContainerFile]) -> std::io::Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
-    let mut dirs = std::collections::BTreeSet::new();
     for file in files {
         let path = file.target.trim_start_matches('/');
-        let mut parent = std::path::Path::new(path).parent();
-        let mut above = Vec::new();
-        while let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
-            above.push(dir.to_path_buf());
-            parent = dir.parent();
-        }
-        for dir in above.into_iter().rev() {
-            if dirs.insert(dir.clone()) {
-                let mut header = tar::Header::new_gnu();
-                header.set_entry_type(tar::EntryType::Directory);
-                header.set_mode(0o755);
-                header.set_size(0);
-                tar.append_data(&mut header, &dir, std::io::empty())?;
-            }
-        }
         let mut header = tar::Header::new_gnu();
         header.set_mode(file.mode);
         header.set_uid(file.uid.unwrap_or(0).into());
@@ -483,6 +468,22 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn create_volume(&self, name: &str, owner: &Owner, volume: &Volume) -> Result<()> {
+        // Creating a volume that exists returns it as it is: a name (`volumes.x.name`) must not
+        // hand a deployment the data of a volume it does not own.
+        if let Ok(existing) = self.docker.inspect_volume(name).await {
+            let labels = existing.labels;
+            let ours = labels.get(LABEL_AGENT) == Some(&self.instance)
+                && labels.get(LABEL_DEPLOYMENT) == Some(&owner.deployment)
+                && labels.get(LABEL_COMPONENT) == Some(&owner.component);
+            if !ours {
+                return Err(Error::Runtime {
+                    operation: format!("creating volume {name}"),
+                    message: format!(
+                        "a volume named {name} exists and is not this deployment's (use it as an `external` volume, allowed in policy.external_volumes)"
+                    ),
+                });
+            }
+        }
         let request = VolumeCreateRequest {
             name: Some(name.to_string()),
             driver: volume.driver.clone(),
@@ -700,7 +701,9 @@ fn container_body(
                 typ: Some(MountType::BIND),
                 source: Some(bind_source(source)),
                 target: Some(target.clone()),
-                read_only: Some(*read_only),
+                // Package content is shared by every release that ships the same files: an
+                // app reads it, it never changes it. Data goes to the data directories.
+                read_only: Some(*read_only || matches!(source, BindSource::Package(_))),
                 ..Default::default()
             },
             spec::Mount::Tmpfs { target, size } => Mount {

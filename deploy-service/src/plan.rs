@@ -155,7 +155,36 @@ pub fn container_plans(d: &Deployment, c: &Component) -> Vec<ContainerPlan> {
             plan.spec_hash = spec_hash(&plan, binds.unwrap_or_default());
             plan
         })
-        .collect()
+        .fold(Vec::new(), |mut plans: Vec<ContainerPlan>, mut plan| {
+            // The engine fixes `container:NAME` to the container it finds at create: one that
+            // shares another's namespaces (`network_mode`, `pid`, `ipc: service:…`) is recreated
+            // with it, as Compose recreates it.
+            let shared = shared_with(&plan.service);
+            for p in plans
+                .iter()
+                .filter(|p| shared.contains(&p.service.name.as_str()))
+            {
+                let both = Sha256::digest(format!("{}{}", plan.spec_hash, p.spec_hash));
+                plan.spec_hash = hex::encode(&both[..16]);
+            }
+            plans.push(plan);
+            plans
+        })
+}
+
+/// The services whose namespaces `service` shares.
+fn shared_with(service: &crate::spec::Service) -> Vec<&str> {
+    let network = match &service.network_mode {
+        Some(crate::spec::NetworkMode::Service(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    let ns = &service.namespaces;
+    let modes = [ns.pid.as_deref(), ns.ipc.as_deref()];
+    let others = modes
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.strip_prefix("service:"));
+    network.into_iter().chain(others).collect()
 }
 
 /// Hash of everything that defines a container: when it changes, the container is recreated.
@@ -248,7 +277,7 @@ pub fn plan(desired: &[Deployment], observed: &Observed, remove_volumes: bool) -
                     .depends_on
                     .iter()
                     .map(|dep| {
-                        let name = engine_name(&owner, &dep.service);
+                        let name = plan.container_of(&dep.service).to_owned();
                         let spec_hash = hashes.get(&name).cloned().unwrap_or_default();
                         Awaited {
                             name,

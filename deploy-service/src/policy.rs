@@ -402,12 +402,16 @@ fn host_device(volume: &Volume) -> Option<&str> {
     if volume.driver.as_deref().is_some_and(|d| d != "local") {
         return None;
     }
+    // `o: bind` mounts a host path whatever `type` says.
+    let binds = (volume.driver_opts.get("o"))
+        .is_some_and(|o| o.split(',').any(|o| matches!(o, "bind" | "rbind")));
     let remote = volume
         .driver_opts
         .get("type")
         .is_some_and(|t| matches!(t.as_str(), "nfs" | "nfs4" | "cifs" | "smb3"));
     let device = volume.driver_opts.get("device")?;
-    (!remote && device.starts_with('/')).then_some(device.as_str())
+    // A relative device resolves against the engine's working directory, `/`.
+    (binds || (!remote && device.starts_with('/'))).then_some(device.as_str())
 }
 
 /// The first of `protected` that `path` is, holds, or lies inside.
@@ -447,13 +451,19 @@ fn normalize(path: &Path) -> PathBuf {
     normal
 }
 
-/// A `security_opt` entry that turns confinement off.
+/// Whether a `security_opt` entry may loosen confinement: all but the forms known to keep it
+/// (`no-new-privileges`, a named AppArmor profile, the SELinux user, role and level).
 fn unconfines(option: &str) -> bool {
-    let option = option.replace(':', "=");
-    matches!(
-        option.as_str(),
-        "seccomp=unconfined" | "apparmor=unconfined" | "label=disable" | "systempaths=unconfined"
-    )
+    let (key, value) = option.split_once(['=', ':']).unwrap_or((option, ""));
+    let keeps = match key {
+        "no-new-privileges" => matches!(value, "" | "true" | "false"),
+        "apparmor" => !value.is_empty() && value != "unconfined",
+        "label" => ["user:", "role:", "level:"]
+            .iter()
+            .any(|p| value.starts_with(p)),
+        _ => false,
+    };
+    !keeps
 }
 
 /// Whether `text` matches `pattern`, where `*` stands for any run of characters (`/dev/ttyUSB*`,
@@ -699,6 +709,57 @@ mod tests {
             .unwrap();
         let merged = device.for_deployment("d-1", Some("historian"));
         assert_eq!(merged.config().devices, ["/dev/ttyUSB*"]);
+    }
+
+    #[test]
+    fn only_the_security_options_known_to_keep_confinement_pass() {
+        for keeps in [
+            "no-new-privileges",
+            "no-new-privileges:true",
+            "no-new-privileges=false",
+            "apparmor=docker-default",
+            "apparmor:my-profile",
+            "label=level:s0:c100,c200",
+            "label:user:system_u",
+        ] {
+            assert!(!unconfines(keeps), "{keeps}");
+        }
+        for loosens in [
+            "seccomp=unconfined",
+            "seccomp:unconfined",
+            r#"seccomp={"defaultAction":"SCMP_ACT_ALLOW"}"#,
+            "apparmor=unconfined",
+            "apparmor:unconfined",
+            "label=disable",
+            "label:disable",
+            "disable",
+            "label=type:spc_t",
+            "systempaths=unconfined",
+            "writable-cgroups=true",
+        ] {
+            assert!(unconfines(loosens), "{loosens}");
+        }
+    }
+
+    #[test]
+    fn a_volume_that_binds_is_a_bind_whatever_its_type() {
+        let volume = |opts: &[(&str, &str)]| Volume {
+            name: "v".into(),
+            driver_opts: (opts.iter())
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Default::default()
+        };
+        let nfs_bind = volume(&[("type", "nfs"), ("o", "bind"), ("device", "/")]);
+        assert_eq!(host_device(&nfs_bind), Some("/"));
+        let relative = volume(&[("type", "none"), ("o", "bind"), ("device", "etc")]);
+        assert_eq!(host_device(&relative), Some("etc"));
+        let share = volume(&[
+            ("type", "nfs"),
+            ("o", "addr=10.0.0.1"),
+            ("device", ":/export"),
+        ]);
+        assert_eq!(host_device(&share), None);
     }
 
     #[test]

@@ -501,7 +501,7 @@ pub struct IpamPool {
 }
 
 /// A named volume the project declares.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Volume {
     /// The compose key.
     pub name: String,

@@ -177,7 +177,7 @@ fn relative_binds_keep_their_data_across_an_update_and_a_rollback() -> Result<()
 
     // The data lives in the deployment's own directory, not in a release's package.
     let data = deploy.state_dir().join("data").join(&id);
-    let log = std::fs::read_to_string(data.join("app/volumes/web/log"))
+    let log = std::fs::read_to_string(data.join("app/volumes%2Fweb/log"))
         .with_context(|| format!("no data under {}", data.display()))?;
     ensure!(log == "one\ntwo\none\n", "{log:?}");
     Ok(())
@@ -199,7 +199,7 @@ fn a_container_name_can_belong_to_one_deployment_only() -> Result<()> {
     let message = failure["error"]["message"].as_str().unwrap_or_default();
     ensure!(
         message.contains(&format!(
-            "services.web.container_name: `{name}` already belongs to deployment {first}"
+            "services.web.container_name: `{name}` already belongs to component app of deployment {first}"
         )),
         "{failure:#}"
     );

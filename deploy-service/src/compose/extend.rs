@@ -10,7 +10,7 @@ use serde_yaml_ng::{Mapping, Value};
 
 use super::syntax;
 
-/// How deep `include` may nest; deeper is taken for a cycle.
+/// How deep `include` and `extends` may nest; deeper is taken for a cycle.
 const MAX_DEPTH: usize = 8;
 
 /// The sections an included file contributes.
@@ -113,7 +113,7 @@ pub(super) fn extends(
     let mut resolved = Mapping::new();
     for (name, _) in &services {
         let name = name.as_str().unwrap_or_default();
-        let service = resolve(&services, name, dir, files, &mut BTreeSet::new())?;
+        let service = resolve(&services, name, dir, files, &mut BTreeSet::new(), 0)?;
         resolved.insert(Value::from(name), service);
     }
     if let Some(root) = tree.as_mapping_mut() {
@@ -129,8 +129,14 @@ fn resolve(
     dir: &str,
     files: &BTreeMap<String, Vec<u8>>,
     visiting: &mut BTreeSet<String>,
+    depth: usize,
 ) -> Result<Value, String> {
     let path = format!("services.{name}.extends");
+    if depth >= MAX_DEPTH {
+        return Err(format!(
+            "{path}: extended too deep (services extend each other in a cycle?)"
+        ));
+    }
     let Some(service) = services.get(name) else {
         return Err(format!("{path}: no service {name} to extend"));
     };
@@ -158,13 +164,20 @@ fn resolve(
         _ => return Err(format!("{path}: a service name or a mapping with service")),
     };
     let base = match file {
-        None => resolve(services, &base_name, dir, files, visiting)?,
+        None => resolve(services, &base_name, dir, files, visiting, depth + 1)?,
         Some(file) => {
             let other = load(dir, &file, files).map_err(|e| format!("{path}.file: {e}"))?;
             let others = (other.get("services").and_then(Value::as_mapping))
                 .ok_or_else(|| format!("{path}.file: {file} defines no services"))?;
-            resolve(others, &base_name, dir, files, &mut BTreeSet::new())
-                .map_err(|e| format!("{path}.file: {file}: {e}"))?
+            resolve(
+                others,
+                &base_name,
+                dir,
+                files,
+                &mut BTreeSet::new(),
+                depth + 1,
+            )
+            .map_err(|e| format!("{path}.file: {file}: {e}"))?
         }
     };
     visiting.remove(name);

@@ -364,12 +364,13 @@ impl Resolver<'_> {
                 .as_ref()
                 .map(|healthcheck| self::healthcheck(&path, healthcheck))
                 .transpose()?,
+            // As in Compose v2, `deploy.restart_policy` wins over `restart`.
             restart: match (
                 &definition.restart,
                 deploy.and_then(|d| d.restart_policy.as_ref()),
             ) {
-                (Some(Restart(policy)), _) => Some(policy.clone()),
-                (None, Some(policy)) => Some(restart_policy(&path, policy)?),
+                (_, Some(policy)) => Some(restart_policy(&path, policy)?),
+                (Some(Restart(policy)), None) => Some(policy.clone()),
                 (None, None) => None,
             },
             labels: labels(definition.labels.as_ref()),
@@ -429,7 +430,7 @@ impl Resolver<'_> {
             pull_policy: pull_policy(&path, definition.pull_policy.as_deref())?,
             stop_signal: definition.stop_signal.clone(),
             stop_grace_period_s: (definition.stop_grace_period.as_ref())
-                .map(|Duration(nanos)| (nanos + 999_999_999) / 1_000_000_000),
+                .map(|Duration(nanos)| nanos / 1_000_000_000),
             resources: Resources {
                 pids_limit: (definition.pids_limit.as_ref())
                     .or(limits.and_then(|l| l.pids.as_ref()))
@@ -821,10 +822,11 @@ fn network_mode(
 fn restart_policy(path: &str, policy: &model::RestartPolicyDef) -> Result<String, String> {
     let attempts = policy.max_attempts.as_ref().map(|Integer(n)| *n);
     match (policy.condition.as_deref(), attempts) {
-        (Some("none"), _) => Ok("no".to_owned()),
+        (Some("none" | "no"), _) => Ok("no".to_owned()),
         (Some("on-failure"), Some(n)) if n > 0 => Ok(format!("on-failure:{n}")),
         (Some("on-failure"), _) => Ok("on-failure".to_owned()),
-        (None | Some("any"), _) => Ok("always".to_owned()),
+        (Some("unless-stopped"), _) => Ok("unless-stopped".to_owned()),
+        (None | Some("any" | "always"), _) => Ok("always".to_owned()),
         (Some(other), _) => Err(format!(
             "{path}.deploy.restart_policy.condition: `{other}` is not none, on-failure or any"
         )),

@@ -66,7 +66,47 @@ struct LongFileRef {
     target: Option<String>,
     uid: Option<Text>,
     gid: Option<Text>,
-    mode: Option<Text>,
+    mode: Option<FileMode>,
+}
+
+/// A file mode: a YAML integer as it is (`0o440` reads as 288), a string in octal (`"0440"`).
+struct FileMode(u32);
+
+impl<'de> Deserialize<'de> for FileMode {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(FileModeVisitor)
+    }
+}
+
+struct FileModeVisitor;
+
+impl<'de> Visitor<'de> for FileModeVisitor {
+    type Value = FileMode;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a file mode like 0440")
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+        (u32::try_from(value).ok())
+            .filter(|m| *m <= 0o7777)
+            .map(FileMode)
+            .ok_or_else(|| E::invalid_value(Unexpected::Unsigned(value), &self))
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+        let value =
+            u64::try_from(value).map_err(|_| E::invalid_value(Unexpected::Signed(value), &self))?;
+        self.visit_u64(value)
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        let digits = value.trim_start_matches("0o");
+        (u32::from_str_radix(digits, 8).ok())
+            .filter(|m| *m <= 0o7777)
+            .map(FileMode)
+            .ok_or_else(|| E::custom(format!("mode `{value}` is not an octal mode")))
+    }
 }
 
 impl<'de> Deserialize<'de> for FileRef {
@@ -102,16 +142,7 @@ impl<'de> Visitor<'de> for FileRefVisitor {
             })
             .transpose()
         };
-        // Compose files write modes in octal (`0440`); YAML may already have read the digits
-        // as a decimal number, so the digits are what counts.
-        let mode = long
-            .mode
-            .map(|Text(t)| {
-                let digits = t.trim_start_matches("0o");
-                u32::from_str_radix(digits, 8)
-                    .map_err(|_| de::Error::custom(format!("mode `{t}` is not an octal mode")))
-            })
-            .transpose()?;
+        let mode = long.mode.map(|FileMode(mode)| mode);
         Ok(FileRef {
             source: long.source,
             target: long.target,

@@ -259,6 +259,11 @@ pub(super) fn device(
             "device `{host}:{container}`: both paths must be absolute"
         ));
     }
+    if host.split('/').any(|part| part == "." || part == "..") {
+        return Err(format!(
+            "device `{host}`: `.` and `..` are not allowed in its path"
+        ));
+    }
     if !is_permissions(permissions) {
         return Err(format!(
             "device `{host}`: permissions `{permissions}` are not some of r, w and m"
@@ -386,8 +391,8 @@ pub(super) fn parse_restart(text: &str) -> Result<String, String> {
 /// optionally in single or double quotes. A line with a bare `KEY` gives `None`: its value
 /// comes from the deployment's variables, like a bare key in `environment`.
 /// The `KEY=VALUE` entries of an env file (`.env` or `env_file`), in order; a bare `KEY` is
-/// `None`. As in Compose v2, unquoted and double-quoted values are interpolated with the
-/// entries above them and `variables` (the entries win); single-quoted values are literal.
+/// `None`. As in Compose v2, unquoted and double-quoted values are interpolated with
+/// `variables` and, for names they lack, the entries above; single-quoted values are literal.
 pub(super) fn parse_env_file(
     text: &str,
     variables: &BTreeMap<String, String>,
@@ -419,7 +424,9 @@ pub(super) fn parse_env_file(
             Ok(None) => None,
             Err(reason) => return Err(format!("line {line_number}: {reason}")),
         };
-        if let Some(value) = &value {
+        if let Some(value) = &value
+            && !variables.contains_key(key)
+        {
             seen.insert(key.to_owned(), value.clone());
         }
         entries.push((key.to_owned(), value));
@@ -690,7 +697,14 @@ mod tests {
             parse_device("/dev/a:/dev/b:rw"),
             Ok(device("/dev/a", "/dev/b", "rw"))
         );
-        for spec in ["ttyUSB0", "/dev/a:/dev/b:x", "/dev/a:b", "/a:/b:r:x"] {
+        for spec in [
+            "ttyUSB0",
+            "/dev/a:/dev/b:x",
+            "/dev/a:b",
+            "/a:/b:r:x",
+            "/dev/dri/../sda",
+            "/dev/dri/..",
+        ] {
             assert!(parse_device(spec).is_err(), "spec {spec:?}");
         }
     }
