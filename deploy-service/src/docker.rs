@@ -872,6 +872,7 @@ fn container_body(
                     .collect()
             }),
             annotations: map_or_none(&s.annotations),
+            storage_opt: map_or_none(&s.storage_opt),
             ..Default::default()
         }),
         networking_config: Some(NetworkingConfig {

@@ -162,6 +162,9 @@ pub struct Service {
     /// Files put into the container before it starts (`secrets`, `configs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<ContainerFile>,
+    /// Storage driver options of the container's writable layer, e.g. `size: 1G`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub storage_opt: BTreeMap<String, String>,
 }
 
 /// A file put into a container before it starts: a compose secret or config.

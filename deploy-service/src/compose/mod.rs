@@ -453,6 +453,7 @@ impl Resolver<'_> {
             tmpfs,
             annotations: labels(definition.annotations.as_ref()),
             files: Vec::new(),
+            storage_opt: texts(definition.storage_opt.as_ref()),
         })
     }
 
@@ -489,14 +490,20 @@ impl Resolver<'_> {
         definition: &ServiceDef,
     ) -> Result<BTreeMap<String, String>, String> {
         let mut environment = BTreeMap::new();
-        for env_file in definition
+        for model::EnvFile {
+            path: env_file,
+            required,
+        } in definition
             .env_file
             .iter()
             .flat_map(|OneOrMany(files)| files)
         {
-            let text = self
-                .package_text(env_file)
-                .map_err(|reason| format!("{path}.env_file: {reason}"))?;
+            let text = match self.package_text(env_file) {
+                Ok(text) => text,
+                // `required: false`: a file the package does not ship is skipped.
+                Err(_) if !required && !self.package_has(env_file) => continue,
+                Err(reason) => return Err(format!("{path}.env_file: {reason}")),
+            };
             let entries = syntax::parse_env_file(text, self.environment)
                 .map_err(|reason| format!("{path}.env_file: {env_file}: {reason}"))?;
             for (key, value) in entries {
@@ -524,6 +531,12 @@ impl Resolver<'_> {
     fn package_text(&self, relative: &str) -> Result<&str, String> {
         let bytes = self.package_bytes(relative)?;
         std::str::from_utf8(bytes).map_err(|_| format!("{relative}: not valid UTF-8"))
+    }
+
+    /// Whether the package ships `relative` (named relative to the compose file).
+    fn package_has(&self, relative: &str) -> bool {
+        let resolved = syntax::package_path(self.dir, relative);
+        resolved.is_some_and(|r| self.package_files.contains_key(&r))
     }
 
     /// A package file named relative to the compose file.
@@ -1514,6 +1527,9 @@ services:
     ulimits: {nofile: {soft: 1024, hard: 2048}, nproc: 65535}
     group_add: [dialout, 20]
     annotations: {org.example/owner: ops}
+    storage_opt: {size: 1G}
+    attach: false
+    env_file: [{path: ./hub.env, required: false}]
     tmpfs: ["/tmp:rw,noexec,nosuid,size=64m"]
     volumes: ["/app/node_modules", "~/data:/data:z"]
     links: ["cache:store"]
@@ -1594,6 +1610,7 @@ services:
         assert_eq!(hub.nano_cpus, Some(500_000_000));
         assert_eq!(hub.group_add, ["dialout", "20"]);
         assert_eq!(hub.annotations, strings(&[("org.example/owner", "ops")]));
+        assert_eq!(hub.storage_opt, strings(&[("size", "1G")]));
         assert_eq!(hub.tmpfs, strings(&[("/tmp", "rw,noexec,nosuid,size=64m")]));
         let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
         assert_eq!(
@@ -1702,6 +1719,39 @@ services:
                 .unwrap_or_else(|| format!("no error for:\n{yaml}"));
             assert!(message.contains(expected), "{message}");
         }
+    }
+
+    #[test]
+    fn env_files_in_the_long_form_may_be_optional() {
+        let package = files(&[("app/web.env", "A=1\n")]);
+        let yaml = "services:\n  web:\n    image: w\n    env_file:\n      - path: ./web.env\n        \
+                    required: true\n      - path: ./web.local.env\n        required: false\n";
+        let project = load(
+            "app/compose.yaml",
+            yaml.as_bytes(),
+            &BTreeMap::new(),
+            &package,
+        )
+        .expect("loads");
+        assert_eq!(
+            service_named(&project, "web").environment.0,
+            strings(&[("A", "1")])
+        );
+        let required = yaml.replace("required: false", "required: true");
+        let error = load(
+            "app/compose.yaml",
+            required.as_bytes(),
+            &BTreeMap::new(),
+            &package,
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+        assert!(
+            error
+                .as_ref()
+                .is_err_and(|e| e.contains("services.web.env_file: ./web.local.env: no such file")),
+            "{error:?}"
+        );
     }
 
     #[test]

@@ -161,7 +161,7 @@ pub(super) struct ServiceDef {
     pub command: Option<Command>,
     pub entrypoint: Option<Command>,
     pub environment: Option<Entries>,
-    pub env_file: Option<OneOrMany<String>>,
+    pub env_file: Option<OneOrMany<EnvFile>>,
     pub ports: Option<Vec<PortEntry>>,
     /// Present but null is an error, as in Compose ("must be a list").
     #[serde(default, deserialize_with = "list")]
@@ -223,6 +223,10 @@ pub(super) struct ServiceDef {
     pub deploy: Option<DeployDef>,
     pub secrets: Option<Vec<FileRef>>,
     pub configs: Option<Vec<FileRef>>,
+    pub storage_opt: Option<BTreeMap<String, Text>>,
+    /// Whether `docker compose up` follows the service's log; an agent follows none.
+    #[serde(rename = "attach")]
+    pub _attach: Option<Flag>,
 }
 
 /// A service's `deploy`: the parts that mean something on one engine.
@@ -529,6 +533,61 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for NamedVisitor<T> {
             entries.push((name, map.next_value()?));
         }
         Ok(Named(entries))
+    }
+}
+
+/// One `env_file` entry: a path, or `path` with `required` (true unless said otherwise) and
+/// `format`.
+pub(super) struct EnvFile {
+    pub path: String,
+    pub required: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with path, required and format"
+)]
+struct LongEnvFile {
+    path: String,
+    required: Option<Flag>,
+    /// Only the one format there is (`raw` would take values unparsed: not supported).
+    format: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for EnvFile {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(EnvFileVisitor)
+    }
+}
+
+struct EnvFileVisitor;
+
+impl<'de> Visitor<'de> for EnvFileVisitor {
+    type Value = EnvFile;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a path or a mapping with path and required")
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        Ok(EnvFile {
+            path: value.to_owned(),
+            required: true,
+        })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let long = LongEnvFile::deserialize(MapAccessDeserializer::new(map))?;
+        if let Some(format) = long.format.filter(|f| f != "dotenv") {
+            return Err(de::Error::custom(format!(
+                "format `{format}` is not supported"
+            )));
+        }
+        Ok(EnvFile {
+            path: long.path,
+            required: long.required.is_none_or(|Flag(required)| required),
+        })
     }
 }
 
