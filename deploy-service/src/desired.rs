@@ -216,6 +216,7 @@ async fn resolve_deployment(
             }
         }
     }
+    let policy = policy.for_deployment(&d.id, d.application_id.as_deref());
     let mut components = Vec::with_capacity(d.components.len());
     for c in &d.components {
         let location = match &c.package {
@@ -236,7 +237,6 @@ async fn resolve_deployment(
         let vars = variables.remove(c.name.as_str()).unwrap_or_default();
         let mut project =
             compose::load(&package.compose_file, &compose_yaml, &vars, &package.files)?;
-        let policy = policy.for_deployment(&d.id, d.application_id.as_deref());
         policy.check(&project).map_err(|message| Error::Policy {
             file: package.compose_file.clone(),
             message,

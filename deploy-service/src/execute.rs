@@ -240,11 +240,7 @@ impl<R: ContainerRuntime> Agent<R> {
                 let policy = plan.service.pull_policy.unwrap_or(PullPolicy::Missing);
                 let entry = (users.entry(&plan.service.image)).or_insert((Vec::new(), policy));
                 entry.0.push(&plan.owner);
-                entry.1 = match (entry.1, policy) {
-                    (PullPolicy::Always, _) | (_, PullPolicy::Always) => PullPolicy::Always,
-                    (PullPolicy::Missing, _) | (_, PullPolicy::Missing) => PullPolicy::Missing,
-                    _ => PullPolicy::Never,
-                };
+                entry.1 = entry.1.max(policy);
             }
         }
         let mut fail = |owners: &[&Owner], e: &Error| {

@@ -289,16 +289,16 @@ pub struct DeviceRequest {
     pub options: BTreeMap<String, String>,
 }
 
-/// When an image is pulled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// When an image is pulled; ordered from the least eager to the most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PullPolicy {
+    /// Never: the image must be on the device.
+    Never,
     /// When the engine lacks it (the default).
     Missing,
     /// On every apply of a release that changes the container.
     Always,
-    /// Never: the image must be on the device.
-    Never,
 }
 
 /// Resource limits and reservations other than memory and CPU limits.

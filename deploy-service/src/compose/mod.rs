@@ -224,11 +224,11 @@ impl Resolver<'_> {
         if definitions.is_empty() {
             return Err("services: no service runs without a profile, and COMPOSE_PROFILES names none of theirs".to_owned());
         }
-        let sources = Sources {
-            secrets: self.file_sources("secrets", compose.secrets)?,
-            configs: self.file_sources("configs", compose.configs)?,
-        };
         let declared = Declared {
+            files: Sources {
+                secrets: self.file_sources("secrets", compose.secrets)?,
+                configs: self.file_sources("configs", compose.configs)?,
+            },
             networks: networks.iter().map(|n| n.name.as_str()).collect(),
             volumes: volumes.iter().map(|v| v.name.as_str()).collect(),
             services: definitions.iter().map(|(name, _)| name.as_str()).collect(),
@@ -237,9 +237,7 @@ impl Resolver<'_> {
         let mut anonymous = Vec::new();
         for (name, definition) in &definitions {
             check_name("services", name)?;
-            let mut service = self.service(name, definition, &declared, &mut anonymous)?;
-            service.files = container_files(&format!("services.{name}"), definition, &sources)?;
-            services.push(service);
+            services.push(self.service(name, definition, &declared, &mut anonymous)?);
         }
         link_aliases(&mut services);
         check_dependency_cycles(&services)?;
@@ -452,7 +450,7 @@ impl Resolver<'_> {
                 .collect(),
             tmpfs,
             annotations: labels(definition.annotations.as_ref()),
-            files: Vec::new(),
+            files: container_files(&path, definition, &declared.files)?,
             storage_opt: texts(definition.storage_opt.as_ref()),
         })
     }
@@ -607,8 +605,10 @@ impl Resolver<'_> {
     }
 }
 
-/// Names declared in the file, for checking references.
+/// What the file declares, for checking references: names, and the contents of its secrets
+/// and configs.
 struct Declared<'a> {
+    files: Sources,
     networks: BTreeSet<&'a str>,
     volumes: BTreeSet<&'a str>,
     services: BTreeSet<&'a str>,
@@ -1179,6 +1179,16 @@ mod tests {
         )
     }
 
+    /// `yaml` as `app/compose.yaml` of `package`, without variables.
+    fn load_with(yaml: &str, package: &BTreeMap<String, Vec<u8>>) -> Result<Project> {
+        load(
+            "app/compose.yaml",
+            yaml.as_bytes(),
+            &BTreeMap::new(),
+            package,
+        )
+    }
+
     /// The `Error::Compose` message of a failing load.
     fn error_of(yaml: &str) -> String {
         match load_str(yaml) {
@@ -1726,26 +1736,15 @@ services:
         let package = files(&[("app/web.env", "A=1\n")]);
         let yaml = "services:\n  web:\n    image: w\n    env_file:\n      - path: ./web.env\n        \
                     required: true\n      - path: ./web.local.env\n        required: false\n";
-        let project = load(
-            "app/compose.yaml",
-            yaml.as_bytes(),
-            &BTreeMap::new(),
-            &package,
-        )
-        .expect("loads");
+        let project = load_with(yaml, &package).expect("loads");
         assert_eq!(
             service_named(&project, "web").environment.0,
             strings(&[("A", "1")])
         );
         let required = yaml.replace("required: false", "required: true");
-        let error = load(
-            "app/compose.yaml",
-            required.as_bytes(),
-            &BTreeMap::new(),
-            &package,
-        )
-        .map(|_| ())
-        .map_err(|e| e.to_string());
+        let error = load_with(&required, &package)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
         assert!(
             error
                 .as_ref()
@@ -1770,13 +1769,7 @@ services:
         let package = files(&[("app/.env", "ROOT_DIR=/srv\nDATA=${ROOT_DIR:-/mnt}/db\n")]);
         let yaml = "services:\n  db:\n    image: d\n    volumes: [\"${DATA}:/var/lib/db\"]\n    \
                     environment: [\"RE=^https?://x(:[0-9]+)?$\"]\n    user: \"app:$(id -g)\"\n";
-        let project = load(
-            "app/compose.yaml",
-            yaml.as_bytes(),
-            &BTreeMap::new(),
-            &package,
-        )
-        .expect("loads");
+        let project = load_with(yaml, &package).expect("loads");
         let db = service_named(&project, "db");
         assert_eq!(
             db.mounts,
@@ -1896,13 +1889,7 @@ volumes:
         let at_root =
             load("compose.yaml", yaml.as_bytes(), &BTreeMap::new(), &package).expect("loads");
         assert_eq!(at_root.services[0].image, "img:root");
-        let nested = load(
-            "app/compose.yaml",
-            yaml.as_bytes(),
-            &BTreeMap::new(),
-            &package,
-        )
-        .expect("loads");
+        let nested = load_with(yaml, &package).expect("loads");
         assert_eq!(nested.services[0].image, "img:app");
         let elsewhere = load(
             "other/compose.yaml",
