@@ -96,10 +96,15 @@ pub fn engine_name(owner: &Owner, key: &str) -> String {
     format!("{}_{}_{}", owner.deployment, owner.component, key)
 }
 
-/// The engine name of a service's container: its `container_name`, else one derived from
-/// the deployment, component and service, which no other deployment can take.
-pub fn container_name(owner: &Owner, service: &crate::spec::Service) -> String {
-    (service.container_name.clone()).unwrap_or_else(|| engine_name(owner, &service.name))
+/// The engine names of a service's containers, one per replica: its `container_name`, else
+/// ones derived from the deployment, component and service, which no other deployment can take.
+pub fn container_names<'a>(
+    owner: &'a Owner,
+    service: &'a crate::spec::Service,
+) -> impl Iterator<Item = String> + 'a {
+    service.replica_keys().map(move |key| {
+        (service.container_name.clone()).unwrap_or_else(|| engine_name(owner, &key))
+    })
 }
 
 fn owner(d: &Deployment, c: &Component) -> Owner {
@@ -135,14 +140,20 @@ pub fn container_plans(d: &Deployment, c: &Component) -> Vec<ContainerPlan> {
         (c.project.volumes.iter())
             .map(|v| (&v.name, v.external.as_ref().or(v.custom_name.as_ref()))),
     );
+    // What another service shares or waits for is its first container.
     let containers: BTreeMap<String, String> = (c.project.services.iter())
-        .map(|s| (s.name.clone(), container_name(&owner, s)))
+        .map(|s| (s.name.clone(), engine_name(&owner, &s.name)))
+        .chain((c.project.services.iter()).filter_map(|s| {
+            let first = container_names(&owner, s).next()?;
+            Some((s.name.clone(), first))
+        }))
         .collect();
     dependency_order(c)
         .into_iter()
-        .map(|service| {
+        .flat_map(|service| container_names(&owner, service).map(move |name| (service, name)))
+        .map(|(service, name)| {
             let mut plan = ContainerPlan {
-                name: containers[&service.name].clone(),
+                name,
                 owner: owner.clone(),
                 service: service.clone(),
                 spec_hash: String::new(),
@@ -159,14 +170,14 @@ pub fn container_plans(d: &Deployment, c: &Component) -> Vec<ContainerPlan> {
             // The engine fixes `container:NAME` to the container it finds at create: one that
             // shares another's namespaces (`network_mode`, `pid`, `ipc: service:…`) is recreated
             // with it, as Compose recreates it.
-            let shared = shared_with(&plan.service);
-            for p in plans
-                .iter()
-                .filter(|p| shared.contains(&p.service.name.as_str()))
-            {
-                let both = Sha256::digest(format!("{}{}", plan.spec_hash, p.spec_hash));
-                plan.spec_hash = hex::encode(&both[..16]);
+            let shared: Vec<&str> = (shared_with(&plan.service).into_iter())
+                .map(|s| plan.container_of(s))
+                .collect();
+            let mut hash = plan.spec_hash.clone();
+            for p in plans.iter().filter(|p| shared.contains(&p.name.as_str())) {
+                hash = hex::encode(&Sha256::digest(format!("{hash}{}", p.spec_hash))[..16]);
             }
+            plan.spec_hash = hash;
             plans.push(plan);
             plans
         })
@@ -193,7 +204,12 @@ fn shared_with(service: &crate::spec::Service) -> Vec<&str> {
 /// did not change keeps binding the older, identical directory.
 fn spec_hash(plan: &ContainerPlan, bind_digest: &str) -> String {
     let mut h = Sha256::new();
-    h.update(serde_json::to_vec(&plan.service).unwrap_or_default());
+    // The number of replicas is not part of one: scaling leaves the running ones alone.
+    let service = crate::spec::Service {
+        replicas: None,
+        ..plan.service.clone()
+    };
+    h.update(serde_json::to_vec(&service).unwrap_or_default());
     for map in [&plan.networks, &plan.volumes] {
         h.update(serde_json::to_vec(map).unwrap_or_default());
     }
@@ -267,23 +283,26 @@ pub fn plan(desired: &[Deployment], observed: &Observed, remove_volumes: bool) -
                 wanted_volumes.insert(name);
             }
             let plans = container_plans(d, c);
-            let hashes: BTreeMap<String, String> = plans
-                .iter()
-                .map(|p| (p.name.clone(), p.spec_hash.clone()))
-                .collect();
+            // A service is ready for those that depend on it when all its replicas are.
+            let mut replicas: BTreeMap<String, Vec<Awaited>> = BTreeMap::new();
+            for p in &plans {
+                replicas
+                    .entry(p.service.name.clone())
+                    .or_default()
+                    .push(Awaited {
+                        name: p.name.clone(),
+                        condition: Condition::Started,
+                        spec_hash: p.spec_hash.clone(),
+                    });
+            }
             for plan in plans {
-                let after = plan
-                    .service
-                    .depends_on
-                    .iter()
-                    .map(|dep| {
-                        let name = plan.container_of(&dep.service).to_owned();
-                        let spec_hash = hashes.get(&name).cloned().unwrap_or_default();
-                        Awaited {
-                            name,
+                let after = (plan.service.depends_on.iter())
+                    .flat_map(|dep| {
+                        let of = replicas.get(dep.service.as_str()).into_iter().flatten();
+                        of.map(|a| Awaited {
                             condition: dep.condition,
-                            spec_hash,
-                        }
+                            ..a.clone()
+                        })
                     })
                     .collect();
                 let current = observed.containers.iter().find(|o| o.name == plan.name);
@@ -402,7 +421,7 @@ mod tests {
             containers: container_plans(d, c)
                 .into_iter()
                 .map(|p| ObservedContainer {
-                    id: format!("id-{}", p.service.name),
+                    id: format!("id-{}", p.name),
                     name: p.name,
                     owner: owner.clone(),
                     service: p.service.name.clone(),
@@ -476,7 +495,45 @@ mod tests {
         let new = deployment("backend:2");
         assert_eq!(
             names(&plan(&[new], &observed, false)),
-            ["create d1_c_backend replaces=Some(\"id-backend\") after=0"]
+            ["create d1_c_backend replaces=Some(\"id-d1_c_backend\") after=0"]
+        );
+    }
+
+    fn scaled(backends: u32) -> Deployment {
+        let mut d = deployment("backend:1");
+        d.components[0].project.services[1].replicas = Some(backends);
+        d
+    }
+
+    #[test]
+    fn replicas_are_containers_of_their_own_and_dependents_wait_for_all() {
+        assert_eq!(
+            names(&plan(&[scaled(3)], &Observed::default(), false)),
+            [
+                "net d1_c_default",
+                "create d1_c_backend replaces=None after=0",
+                "create d1_c_backend_2 replaces=None after=0",
+                "create d1_c_backend_3 replaces=None after=0",
+                "create d1_c_web replaces=None after=3"
+            ]
+        );
+    }
+
+    #[test]
+    fn scaling_adds_or_removes_replicas_and_leaves_the_rest_running() {
+        let one = observed_from(&scaled(1), "running");
+        assert_eq!(
+            names(&plan(&[scaled(2)], &one, false)),
+            ["create d1_c_backend_2 replaces=None after=0"]
+        );
+        let three = observed_from(&scaled(3), "running");
+        assert_eq!(
+            names(&plan(&[scaled(1)], &three, false)),
+            ["rm d1_c_backend_2", "rm d1_c_backend_3"]
+        );
+        assert_eq!(
+            names(&plan(&[scaled(0)], &three, false)),
+            ["rm d1_c_backend", "rm d1_c_backend_2", "rm d1_c_backend_3"]
         );
     }
 

@@ -165,6 +165,20 @@ pub struct Service {
     /// Storage driver options of the container's writable layer, e.g. `size: 1G`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub storage_opt: BTreeMap<String, String>,
+    /// How many containers run this service (`scale`, `deploy.replicas`); one when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+}
+
+impl Service {
+    /// The keys its containers are named by: the service name, then `NAME_2`, `NAME_3`… for
+    /// further replicas, so scaling up or down leaves the first container as it is.
+    pub fn replica_keys(&self) -> impl Iterator<Item = String> + '_ {
+        (1..=self.replicas.unwrap_or(1)).map(|n| match n {
+            1 => self.name.clone(),
+            n => format!("{}_{n}", self.name),
+        })
+    }
 }
 
 /// A file put into a container before it starts: a compose secret or config.

@@ -279,3 +279,53 @@ fn a_network_with_its_own_pool_gives_fixed_addresses() -> Result<()> {
     );
     Ok(())
 }
+
+/// The names and ids of the containers of deployment `id`, by name.
+fn names_and_ids(id: &str) -> Result<std::collections::BTreeMap<String, String>> {
+    Ok(containers(id)?
+        .into_iter()
+        .map(|c| (c.name, c.id))
+        .collect())
+}
+
+#[test]
+fn replicas_scale_up_and_down_and_their_dependents_wait_for_all() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let deploy = Deploy::start()?;
+    let id = cleanup.deployment_id()?;
+    let image = testapp_image()?;
+    let compose = |workers: u32| {
+        format!(
+            "services:\n  worker:\n    image: {image}\n    command: [\"sleep\"]\n    \
+             deploy:\n      replicas: {workers}\n  web:\n    image: {image}\n    \
+             command: [\"sleep\"]\n    depends_on: [worker]\n"
+        )
+    };
+    deploy.apply(&state("r1", &id, &compose(3)))?;
+    let status = deploy.wait_for(&id, "r1", "INSTALLED")?;
+    let base = format!("{id}_app_worker");
+    let three = names_and_ids(&id)?;
+    let expected = [
+        format!("{id}_app_web"),
+        base.clone(),
+        format!("{base}_2"),
+        format!("{base}_3"),
+    ];
+    ensure!(
+        three.keys().eq(expected.iter()),
+        "containers: {:?}",
+        three.keys()
+    );
+    let reported = status["components"][0]["containers"]
+        .as_array()
+        .map(Vec::len);
+    ensure!(reported == Some(4), "status: {status:#}");
+
+    // Down to one: the last two go, the first and its dependent keep running as they were.
+    deploy.apply(&state("r2", &id, &compose(1)))?;
+    deploy.wait_for(&id, "r2", "INSTALLED")?;
+    let one = names_and_ids(&id)?;
+    ensure!(one.len() == 2, "containers: {:?}", one.keys());
+    ensure!(one[&base] == three[&base] && one[&expected[0]] == three[&expected[0]]);
+    Ok(())
+}

@@ -241,6 +241,7 @@ impl Resolver<'_> {
         }
         link_aliases(&mut services);
         check_dependency_cycles(&services)?;
+        check_replica_keys(&services)?;
         volumes.extend(anonymous.into_iter().map(|name| Volume {
             name,
             driver: None,
@@ -309,7 +310,7 @@ impl Resolver<'_> {
         let reservations = deploy
             .and_then(|d| d.resources.as_ref())
             .and_then(|r| r.reservations.as_ref());
-        check_replicas(&path, definition.scale.as_ref(), deploy)?;
+        let replicas = replicas(&path, definition, deploy)?;
         let network_mode = network_mode(&path, definition, declared)?;
         let mut depends_on = dependencies(&path, definition.depends_on.as_ref(), declared)?;
         // What `network_mode`, `pid` or `ipc` share and what `links` reach must run first.
@@ -452,6 +453,7 @@ impl Resolver<'_> {
             annotations: labels(definition.annotations.as_ref()),
             files: container_files(&path, definition, &declared.files)?,
             storage_opt: texts(definition.storage_opt.as_ref()),
+            replicas,
         })
     }
 
@@ -775,31 +777,69 @@ fn link_aliases(services: &mut [Service]) {
     }
 }
 
-/// One container per service: `scale` and `deploy.replicas` may say 1 (or leave it out).
-fn check_replicas(
+/// How many containers run the service, as Compose v2 counts them: `scale`, else
+/// `deploy.replicas`, else 1; `global` mode is one on one engine. A `container_name` names one
+/// container only.
+fn replicas(
     path: &str,
-    scale: Option<&Integer>,
+    definition: &ServiceDef,
     deploy: Option<&DeployDef>,
-) -> Result<(), String> {
-    let replicas = [
-        ("scale", scale),
-        ("deploy.replicas", deploy.and_then(|d| d.replicas.as_ref())),
-    ];
-    for (key, value) in replicas {
-        if let Some(Integer(n)) = value
-            && *n != 1
-        {
+) -> Result<Option<u32>, String> {
+    let count = |key: &str, value: Option<&Integer>| {
+        value
+            .map(|Integer(n)| {
+                u32::try_from(*n)
+                    .map_err(|_| format!("{path}.{key}: {n} is not a number of replicas"))
+            })
+            .transpose()
+    };
+    let scale = count("scale", definition.scale.as_ref())?;
+    let replicas = count("deploy.replicas", deploy.and_then(|d| d.replicas.as_ref()))?;
+    if let (Some(a), Some(b)) = (scale, replicas)
+        && a != b
+    {
+        return Err(format!(
+            "{path}: scale ({a}) and deploy.replicas ({b}) disagree"
+        ));
+    }
+    let n = match deploy.and_then(|d| d.mode.as_deref()) {
+        None | Some("replicated") => scale.or(replicas),
+        Some("global") if replicas.is_none() => None,
+        Some("global") => {
             return Err(format!(
-                "{path}.{key}: {n} replicas are not supported (one container per service on this device)"
+                "{path}.deploy.replicas: not with deploy.mode `global`"
             ));
         }
+        Some(mode) => {
+            return Err(format!(
+                "{path}.deploy.mode: `{mode}` is not supported (replicated or global)"
+            ));
+        }
+    };
+    if let Some(n @ 2..) = n
+        && definition.container_name.is_some()
+    {
+        return Err(format!(
+            "{path}.container_name: names one container, but the service has {n} replicas"
+        ));
     }
-    match deploy.and_then(|d| d.mode.as_deref()) {
-        None | Some("replicated") => Ok(()),
-        Some(mode) => Err(format!(
-            "{path}.deploy.mode: `{mode}` is not supported (only replicated)"
-        )),
+    Ok(n)
+}
+
+/// The containers of further replicas (`web_2`) must not take the name of another service.
+fn check_replica_keys(services: &[Service]) -> Result<(), String> {
+    let mut seen = BTreeSet::new();
+    for s in services {
+        for key in s.replica_keys() {
+            if !seen.insert(key.clone()) {
+                return Err(format!(
+                    "services.{}: its replica `{key}` would take the container name of service {key}",
+                    s.name
+                ));
+            }
+        }
     }
+    Ok(())
 }
 
 fn network_mode(
@@ -1684,15 +1724,45 @@ services:
     }
 
     #[test]
+    fn replicas_count_as_compose_v2_counts_them() {
+        for (keys, expected) in [
+            ("", 1),
+            ("    scale: 3\n", 3),
+            ("    deploy:\n      replicas: 2\n", 2),
+            ("    scale: 2\n    deploy:\n      replicas: 2\n", 2),
+            ("    scale: 0\n", 0),
+            ("    deploy:\n      mode: global\n", 1),
+            ("    container_name: one\n    scale: 1\n", 1),
+        ] {
+            let yaml = format!("services:\n  web:\n    image: w\n{keys}");
+            let project = load_str(&yaml).expect("loads");
+            let replicas = service_named(&project, "web").replica_keys().count();
+            assert_eq!(replicas, expected, "{keys}");
+        }
+    }
+
+    #[test]
     fn what_one_engine_cannot_honour_is_named() {
         for (yaml, expected) in [
             (
-                "services:\n  web:\n    image: w\n    scale: 3\n",
-                "services.web.scale: 3 replicas are not supported",
+                "services:\n  web:\n    image: w\n    scale: 3\n    container_name: web\n",
+                "services.web.container_name: names one container, but the service has 3 replicas",
             ),
             (
-                "services:\n  web:\n    image: w\n    deploy:\n      replicas: 2\n",
-                "services.web.deploy.replicas: 2 replicas are not supported",
+                "services:\n  web:\n    image: w\n    scale: 3\n    deploy:\n      replicas: 2\n",
+                "services.web: scale (3) and deploy.replicas (2) disagree",
+            ),
+            (
+                "services:\n  web:\n    image: w\n    scale: 2\n  web_2:\n    image: w\n",
+                "replica `web_2` would take the container name of service web_2",
+            ),
+            (
+                "services:\n  web:\n    image: w\n    scale: -1\n",
+                "services.web.scale: -1 is not a number of replicas",
+            ),
+            (
+                "services:\n  web:\n    image: w\n    deploy:\n      mode: global\n      replicas: 2\n",
+                "services.web.deploy.replicas: not with deploy.mode `global`",
             ),
             (
                 "services:\n  web:\n    image: w\n    network_mode: host\n    networks: [default]\n",
@@ -2325,11 +2395,6 @@ mod corpus {
         (
             "freshrss-selinux",
             "userns_mode: `keep-id` is not supported",
-        ),
-        // One container per service on this device.
-        (
-            "rabbitmq-workers",
-            "deploy.replicas: 3 replicas are not supported",
         ),
     ];
 
