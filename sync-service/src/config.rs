@@ -31,6 +31,41 @@ pub struct Config {
     pub status: StatusConfig,
     /// The local link to the deployment service.
     pub deploy: DeployLink,
+    /// Where the desired state comes from.
+    pub source: SourceKind,
+    /// The Margo Workload Management API, for `source = "margo"`.
+    pub margo: MargoConfig,
+}
+
+/// The desired-state source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// The device's Git repository (enrollment gives it); statuses to the WOS REST API
+    /// and/or a status branch.
+    #[default]
+    Git,
+    /// A fleet manager's Margo Workload Management API (rc.3): manifests of digests over
+    /// mutual TLS with SPIFFE identities; statuses and capabilities to the same API.
+    Margo,
+}
+
+/// The Margo API client. The SVID and trust bundle are provisioned out of band.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MargoConfig {
+    /// Base URL, which may carry a path prefix (`https://wfm:3003/v1alpha2/margo`); every
+    /// API path is relative to it. It only routes: the server is known by its SPIFFE ID.
+    pub url: Option<String>,
+    /// The device's X.509-SVID (PEM chain), with one URI SAN
+    /// `spiffe://<td>/margo/wfm/<wfm-id>/client/<client-id>`.
+    pub svid: Option<PathBuf>,
+    /// Its private key (PEM, 0600).
+    pub svid_key: Option<PathBuf>,
+    /// The trust domain's X.509 anchors (PEM).
+    pub trust_bundle: Option<PathBuf>,
+    /// Also allow TLS 1.2 (TLS 1.3 only by default).
+    pub tls12: bool,
 }
 
 /// Where the WOS is and which CA vouches for it.
@@ -208,6 +243,8 @@ impl Default for Config {
             poll: PollConfig::default(),
             status: StatusConfig::default(),
             deploy: DeployLink::default(),
+            source: SourceKind::Git,
+            margo: MargoConfig::default(),
         }
     }
 }

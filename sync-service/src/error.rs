@@ -29,6 +29,15 @@ pub enum Error {
         /// How long the WOS asked us to wait (`Retry-After`).
         retry_after: Option<Duration>,
     },
+    /// A desired-state manifest that must not be used (digest, version, shape); nothing of
+    /// it is handed over.
+    #[error("{code}: {message}")]
+    Manifest {
+        /// `ERR_INVALID_DESIRED_STATE` or `ERR_MANIFEST_VERSION`.
+        code: &'static str,
+        /// What is wrong, naming the deployment or field.
+        message: String,
+    },
     /// A call to the deployment service failed.
     #[error("deployment service {operation}: {message}")]
     Deploy {
@@ -52,7 +61,10 @@ impl Error {
                 status: Some(400 | 413 | 422),
                 ..
             } => false,
-            Error::Wos { .. } | Error::Deploy { .. } | Error::Source(_) => true,
+            Error::Wos { .. }
+            | Error::Deploy { .. }
+            | Error::Source(_)
+            | Error::Manifest { .. } => true,
             Error::Common(_) | Error::NotEnrolled(_) | Error::Enrollment(_) => false,
         }
     }

@@ -56,6 +56,11 @@ impl Layout {
     pub fn status_repository(&self) -> PathBuf {
         self.dir.join("status.git")
     }
+    /// The Margo manifest version and ETag last adopted.
+    pub fn margo_manifest(&self) -> PathBuf {
+        self.dir.join("margo-manifest.json")
+    }
+
     /// Statuses not yet delivered.
     pub fn outbox(&self) -> PathBuf {
         self.dir.join("outbox.json")

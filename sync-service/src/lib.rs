@@ -11,6 +11,7 @@ mod error;
 mod git_report;
 pub mod health;
 mod identity;
+mod margo;
 mod pull;
 mod rejected;
 mod report;
@@ -28,6 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+
+use pull::DesiredStateSource as _;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -38,63 +41,87 @@ pub use rejected::{REJECTED_DOCUMENT_NAMESPACE, pseudo_deployment_id};
 /// Builds the service from `config` and runs it until `cancel`.
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
     config.check_deploy_link()?;
-    let resolved = identity::resolve(&config)?;
     let (polling, downtime) = config.windows()?;
     let schedule = Arc::new(woa_common::window::Schedule::new(polling, downtime));
     let layout = identity::Layout::new(&config.state_dir);
-    let wos = wos_client(&resolved)?;
-    if config.status.report.git() && config.status.git.branch == resolved.repository.branch {
-        return Err(woa_common::Error::Config(format!(
-            "status.git.branch {:?} is the desired-state branch, which is never written",
-            config.status.git.branch
-        ))
-        .into());
-    }
     let deployer = deploy_link::Deployer::new(&config.deploy)?;
     let (problems_tx, problems_rx) = watch::channel(None);
     let (states_tx, states_rx) = watch::channel(None);
     let (last_poll_tx, last_poll_rx) = watch::channel(None);
-    let repository = source::without_credentials(&resolved.repository.url);
+    let (source, wos, device_id, git_reporter) = match config.source {
+        config::SourceKind::Margo => {
+            if config.status.report.git() {
+                return Err(woa_common::Error::Config(
+                    "status.report: the Margo API takes statuses itself; a status branch needs source = \"git\"".into(),
+                )
+                .into());
+            }
+            let device_id = device_id(&config.state_dir)?;
+            let wos = margo::client(&config.margo, &device_id)?;
+            let source = margo::source::MargoSource::new(wos.clone(), layout.margo_manifest())?;
+            (Source::Margo(source), wos, device_id, None)
+        }
+        config::SourceKind::Git => {
+            let resolved = identity::resolve(&config)?;
+            let wos = wos_client(&resolved)?;
+            if config.status.report.git() && config.status.git.branch == resolved.repository.branch
+            {
+                return Err(woa_common::Error::Config(format!(
+                    "status.git.branch {:?} is the desired-state branch, which is never written",
+                    config.status.git.branch
+                ))
+                .into());
+            }
+            tracing::info!(
+                client_id = %resolved.client_id,
+                wos = %resolved.wos_url,
+                branch = %resolved.repository.branch,
+                "desired state from Git"
+            );
+            // Opened here so a bad branch name or directory stops the start, not every push.
+            let status = if config.status.report.git() {
+                Some(status_push::StatusBranch::open(
+                    &layout.status_repository(),
+                    &config.status.git.branch,
+                    &config.status.git.dir,
+                )?)
+            } else {
+                None
+            };
+            let git_reporter = status.map(|status| git_report::GitReporter {
+                status: Some(status),
+                local_dir: layout.status_repository(),
+                access: resolved.repository.clone(),
+                branch: config.status.git.branch.clone(),
+                dir: config.status.git.dir.clone(),
+                debounce: config.status.git.debounce,
+                heartbeat: config.status.git.heartbeat,
+                retry_cap: config.poll.interval,
+                device_id: resolved.device_id.clone(),
+                client_id: resolved.client_id.clone(),
+                deployer: deployer.clone(),
+                states: states_rx.clone(),
+                problems: problems_rx.clone(),
+                last_poll: last_poll_rx,
+                schedule: schedule.clone(),
+            });
+            let source = Source::Git(pull::GitSource {
+                mirror_dir: layout.mirror(),
+                access: resolved.repository,
+                deployments_path: resolved.deployments_path,
+            });
+            (source, wos, resolved.device_id, git_reporter)
+        }
+    };
     tracing::info!(
-        device_id = %resolved.device_id,
-        client_id = %resolved.client_id,
-        wos = %resolved.wos_url,
-        %repository,
-        branch = %resolved.repository.branch,
+        %device_id,
+        source = %source.name(),
         report = ?config.status.report,
         "woa-sync running"
     );
-    // Opened here so a bad branch name or directory stops the start, not every push.
-    let status = if config.status.report.git() {
-        Some(status_push::StatusBranch::open(
-            &layout.status_repository(),
-            &config.status.git.branch,
-            &config.status.git.dir,
-        )?)
-    } else {
-        None
-    };
-    let git_reporter = status.map(|status| git_report::GitReporter {
-        status: Some(status),
-        local_dir: layout.status_repository(),
-        access: resolved.repository.clone(),
-        branch: config.status.git.branch.clone(),
-        dir: config.status.git.dir.clone(),
-        debounce: config.status.git.debounce,
-        heartbeat: config.status.git.heartbeat,
-        retry_cap: config.poll.interval,
-        device_id: resolved.device_id.clone(),
-        client_id: resolved.client_id.clone(),
-        deployer: deployer.clone(),
-        states: states_rx.clone(),
-        problems: problems_rx.clone(),
-        last_poll: last_poll_rx,
-        schedule: schedule.clone(),
-    });
     let reporter = config.status.report.http().then(|| report::Reporter {
         wos,
-        client_id: resolved.client_id.clone(),
-        device_id: resolved.device_id.clone(),
+        device_id,
         deployer: deployer.clone(),
         outbox_path: layout.outbox(),
         heartbeat: config.status.heartbeat,
@@ -104,9 +131,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         problems: problems_rx,
     });
     let puller = pull::Puller {
-        mirror_dir: layout.mirror(),
-        access: resolved.repository,
-        deployments_path: resolved.deployments_path,
+        source,
         deployer: deployer.clone(),
         deployed: states_rx,
         schedule,
@@ -137,6 +162,38 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
     Ok(())
 }
 
+/// The configured desired-state source.
+enum Source {
+    Git(pull::GitSource),
+    Margo(margo::source::MargoSource),
+}
+
+impl pull::DesiredStateSource for Source {
+    fn name(&self) -> String {
+        match self {
+            Source::Git(s) => s.name(),
+            Source::Margo(s) => s.name(),
+        }
+    }
+
+    async fn fetch(
+        &mut self,
+        known: Option<&str>,
+    ) -> Result<Option<woa_proto::v1::ApplyDesiredStateRequest>> {
+        match self {
+            Source::Git(s) => s.fetch(known).await,
+            Source::Margo(s) => s.fetch(known).await,
+        }
+    }
+
+    fn handed_over(&mut self, revision: &str) -> Result<()> {
+        match self {
+            Source::Git(s) => s.handed_over(revision),
+            Source::Margo(s) => s.handed_over(revision),
+        }
+    }
+}
+
 /// Posts the device capabilities once, right after enrollment (`run` keeps them current).
 /// They come from the deployment service, so this needs it running.
 pub async fn post_capabilities(config: &Config) -> Result<()> {
@@ -146,17 +203,20 @@ pub async fn post_capabilities(config: &Config) -> Result<()> {
     let capabilities = deployer.capabilities().await?;
     let manifest = report::with_device_id(&capabilities.manifest_json, &resolved.device_id);
     wos_client(&resolved)?
-        .put_capabilities(&resolved.client_id, manifest.as_bytes())
+        .put_capabilities(manifest.as_bytes())
         .await
 }
 
 /// The WOS client, presenting the device certificate.
 fn wos_client(resolved: &identity::Resolved) -> Result<wos::Wos> {
-    wos::Wos::new(
+    let wos = wos::Wos::new(
         &resolved.wos_url,
         resolved.wos_ca.as_deref(),
         Some((&resolved.identity.0, &resolved.identity.1)),
-    )
+    )?;
+    Ok(wos.speaking(wos::Shape::Clients {
+        client_id: resolved.client_id.clone(),
+    }))
 }
 
 /// A random wait in `[0, max]`.

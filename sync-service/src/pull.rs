@@ -56,7 +56,8 @@ pub const ERR_INVALID_DESIRED_STATE: &str = "ERR_INVALID_DESIRED_STATE";
 /// What went wrong with the last poll, for people and for the status the WOS sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullProblem {
-    /// [`ERR_REPOSITORY_AUTH`], [`ERR_REPOSITORY_UNAVAILABLE`] or [`ERR_INVALID_DESIRED_STATE`].
+    /// [`ERR_REPOSITORY_AUTH`], [`ERR_REPOSITORY_UNAVAILABLE`], [`ERR_INVALID_DESIRED_STATE`]
+    /// or (from the Margo API) `ERR_MANIFEST_VERSION`.
     pub code: &'static str,
     /// The repository URL (never with credentials).
     pub source: String,
@@ -64,14 +65,81 @@ pub struct PullProblem {
     pub message: String,
 }
 
-/// Settings of the pull loop.
-pub struct Puller {
+/// Where the desired state comes from: the Git mirror or the Margo API. Everything behind
+/// it (handing over, retries, windows, problems) is the pull loop's.
+pub trait DesiredStateSource: Send {
+    /// What to call the source in logs and statuses (never with credentials).
+    fn name(&self) -> String;
+
+    /// Fetches the desired state: `None` when it is still `known`, the revision last handed
+    /// over (`None` when the deployment service has none).
+    fn fetch(
+        &mut self,
+        known: Option<&str>,
+    ) -> impl Future<Output = Result<Option<pb::ApplyDesiredStateRequest>>> + Send;
+
+    /// The deployment service took `revision`; what the source remembers about it is saved
+    /// now, and only now, so a crash before never skips a state.
+    fn handed_over(&mut self, _revision: &str) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The desired-state branch of the device's repository, through the local mirror.
+pub struct GitSource {
     /// Where the mirror lives.
     pub mirror_dir: PathBuf,
     /// The repository.
     pub access: RepoAccess,
     /// Directory of deployment documents.
     pub deployments_path: String,
+}
+
+impl DesiredStateSource for GitSource {
+    fn name(&self) -> String {
+        crate::source::without_credentials(&self.access.url)
+    }
+
+    async fn fetch(&mut self, known: Option<&str>) -> Result<Option<pb::ApplyDesiredStateRequest>> {
+        let dir = self.mirror_dir.clone();
+        let access = self.access.clone();
+        let known = known.map(str::to_owned);
+        let deployments_path = self.deployments_path.clone();
+        // Fetching, reading the tree and assembling the request are blocking and may touch
+        // tens of MiB: all of it runs off the async workers.
+        let fetched = tokio::task::spawn_blocking(move || {
+            let mut mirror = Mirror::open(&dir)?;
+            let tip = mirror.fetch(&access)?.tip;
+            if known.as_deref() == Some(tip.as_str()) {
+                tracing::debug!(revision = %tip, "no change");
+                return Ok(None);
+            }
+            match mirror.read_tree(&tip, TREE_LIMIT) {
+                Ok(files) => Ok(Some(desired_state(&tip, &files, &deployments_path))),
+                Err(e) => {
+                    if !e.is_content() {
+                        // Objects that cannot be read: build the mirror anew at the next poll.
+                        if let Err(discard) = mirror.discard() {
+                            tracing::warn!(error = %discard, "could not discard the damaged mirror");
+                        }
+                    }
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(|e| Error::Deploy {
+            operation: "fetch task",
+            message: e.to_string(),
+        })?;
+        fetched.map_err(Error::Source)
+    }
+}
+
+/// Settings of the pull loop.
+pub struct Puller<S> {
+    /// Where the desired state comes from.
+    pub source: S,
     /// The deployment service.
     pub deployer: Deployer,
     /// The deployment service's current state, as the reporter follows it.
@@ -88,9 +156,9 @@ pub struct Puller {
     pub last_poll: watch::Sender<Option<Timestamp>>,
 }
 
-impl Puller {
+impl<S: DesiredStateSource> Puller<S> {
     /// Polls until `cancel`.
-    pub async fn run(self, cancel: CancellationToken) {
+    pub async fn run(mut self, cancel: CancellationToken) {
         let mut applied: Option<String> = None;
         let mut backoff = Backoff::new(RETRY_BASE, self.interval);
         let mut repository = Outage::new(Severity::Error, REPOSITORY_MESSAGES);
@@ -131,8 +199,8 @@ impl Puller {
         }
     }
 
-    /// One poll: fetch, and apply the tip if the deployment service does not have it.
-    async fn poll(&self, applied: &mut Option<String>) -> Result<()> {
+    /// One poll: fetch, and apply the desired state if the deployment service does not have it.
+    async fn poll(&mut self, applied: &mut Option<String>) -> Result<()> {
         let deployed_nothing = self
             .deployed
             .borrow()
@@ -141,44 +209,10 @@ impl Puller {
         if deployed_nothing {
             *applied = None;
         }
-        let dir = self.mirror_dir.clone();
-        let access = self.access.clone();
-        let known = applied.clone();
-        let deployments_path = self.deployments_path.clone();
-        // Fetching, reading the tree and assembling the request are blocking and may touch
-        // tens of MiB: all of it runs off the async workers.
-        let fetched = tokio::task::spawn_blocking(move || {
-            let mut mirror = Mirror::open(&dir)?;
-            let tip = mirror.fetch(&access)?.tip;
-            if known.as_deref() == Some(tip.as_str()) {
-                return Ok((tip, None));
-            }
-            match mirror.read_tree(&tip, TREE_LIMIT) {
-                Ok(files) => {
-                    let request = desired_state(&tip, &files, &deployments_path);
-                    Ok((tip, Some(request)))
-                }
-                Err(e) => {
-                    if !e.is_content() {
-                        // Objects that cannot be read: build the mirror anew at the next poll.
-                        if let Err(discard) = mirror.discard() {
-                            tracing::warn!(error = %discard, "could not discard the damaged mirror");
-                        }
-                    }
-                    Err(e)
-                }
-            }
-        })
-        .await
-        .map_err(|e| Error::Deploy {
-            operation: "fetch task",
-            message: e.to_string(),
-        })?;
-        let (tip, request) = fetched.map_err(Error::Source)?;
-        let Some(request) = request else {
-            tracing::debug!(revision = %tip, "no change");
+        let Some(request) = self.source.fetch(applied.as_deref()).await? else {
             return Ok(());
         };
+        let tip = request.revision.clone();
         let documents = request.deployments.len();
         let response = self.deployer.apply(request).await?;
         for rejected in &response.rejected {
@@ -193,6 +227,7 @@ impl Puller {
             rejected = response.rejected.len(),
             "desired state applied"
         );
+        self.source.handed_over(&tip)?;
         *applied = Some(tip);
         Ok(())
     }
@@ -211,19 +246,23 @@ impl Puller {
             tracing::debug!(error = %e, "poll failed during downtime; ignored");
             return;
         }
-        let Error::Source(source) = e else {
-            deployment_service.failed(&e.to_string(), e);
-            return;
+        let code = match e {
+            Error::Source(source) if source.is_auth() => ERR_REPOSITORY_AUTH,
+            Error::Source(source) if source.is_content() => ERR_INVALID_DESIRED_STATE,
+            Error::Manifest { code, .. } => code,
+            Error::Wos {
+                status: Some(401 | 403),
+                ..
+            } => ERR_REPOSITORY_AUTH,
+            Error::Source(_) | Error::Wos { .. } => ERR_REPOSITORY_UNAVAILABLE,
+            _ => {
+                deployment_service.failed(&e.to_string(), e);
+                return;
+            }
         };
         let problem = PullProblem {
-            code: if source.is_auth() {
-                ERR_REPOSITORY_AUTH
-            } else if source.is_content() {
-                ERR_INVALID_DESIRED_STATE
-            } else {
-                ERR_REPOSITORY_UNAVAILABLE
-            },
-            source: crate::source::without_credentials(&self.access.url),
+            code,
+            source: self.source.name(),
             message: e.to_string(),
         };
         repository.failed(&format!("{}: {}", problem.code, problem.message), e);

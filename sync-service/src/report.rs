@@ -64,8 +64,6 @@ struct Outbox {
 pub struct Reporter {
     /// The WOS.
     pub wos: Wos,
-    /// This device's client id at the WOS.
-    pub client_id: String,
     /// This device's id (put into the capabilities).
     pub device_id: String,
     /// The deployment service.
@@ -223,11 +221,7 @@ impl Reporter {
             return Err(Some(self.retry_cap.min(Duration::from_secs(60))));
         }
         if let Some(capabilities) = outbox.capabilities.clone() {
-            match self
-                .wos
-                .put_capabilities(&self.client_id, capabilities.as_bytes())
-                .await
-            {
+            match self.wos.put_capabilities(capabilities.as_bytes()).await {
                 Ok(()) => {
                     outage.recovered();
                     tracing::info!("capabilities posted");
@@ -245,7 +239,7 @@ impl Reporter {
         for (deployment_id, manifest) in pending {
             match self
                 .wos
-                .post_status(&self.client_id, &deployment_id, manifest.as_bytes())
+                .post_status(&deployment_id, manifest.as_bytes())
                 .await
             {
                 Ok(()) => {

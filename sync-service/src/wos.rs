@@ -13,11 +13,33 @@ use crate::{Error, Result};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Largest answer read from the WOS API.
+const ANSWER_LIMIT: usize = 1 << 20;
+
 /// A client of one WOS.
 #[derive(Debug, Clone)]
 pub struct Wos {
     client: reqwest::Client,
     base: String,
+    shape: Shape,
+}
+
+/// Which paths and bodies the WOS speaks for capabilities and statuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shape {
+    /// Margo 1.0.0 and rc.2: `/api/v1/clients/{clientId}/…`, manifests as the deployment
+    /// service writes them.
+    Clients {
+        /// The id the WOS knows the device by.
+        client_id: String,
+    },
+    /// Margo rc.3: `/api/v1/capabilities/{deviceId}` and `/api/v1/deployments/{id}/status`
+    /// (the caller is its SVID); capabilities without `apiVersion`/`kind`, statuses with
+    /// the `adoptedManifestVersion` they refer to.
+    Devices {
+        /// The device id.
+        device_id: String,
+    },
 }
 
 /// The onboarding request body. Holds the enrollment token: not `Debug`.
@@ -98,7 +120,11 @@ impl Wos {
     /// `identity` when given.
     pub fn new(base: &str, ca: Option<&Path>, identity: Option<(&Path, &Path)>) -> Result<Self> {
         let trust = ca.map_or(Trust::System, Trust::Bundle);
-        let tls = client_config(trust, identity)?;
+        Self::with_tls(base, client_config(trust, identity)?)
+    }
+
+    /// A client for `base` over `tls`, used as it is.
+    pub fn with_tls(base: &str, tls: rustls::ClientConfig) -> Result<Self> {
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .https_only(true)
@@ -115,7 +141,20 @@ impl Wos {
         Ok(Self {
             client,
             base: base.trim_end_matches('/').to_owned(),
+            shape: Shape::Clients {
+                client_id: String::new(),
+            },
         })
+    }
+
+    /// The same client, speaking `shape`.
+    pub fn speaking(self, shape: Shape) -> Self {
+        Self { shape, ..self }
+    }
+
+    /// The HTTP client and base URL, for the other calls of the same API.
+    pub(crate) fn http(&self) -> (&reqwest::Client, &str) {
+        (&self.client, &self.base)
     }
 
     /// `POST /api/v1/onboarding`.
@@ -132,26 +171,39 @@ impl Wos {
         })
     }
 
-    /// `PUT /api/v1/clients/{clientId}/capabilities`.
-    pub async fn put_capabilities(&self, client_id: &str, manifest: &[u8]) -> Result<()> {
-        let path = format!("/api/v1/clients/{client_id}/capabilities");
-        self.send(Method::PUT, &path, manifest.to_vec(), "capabilities")
+    /// Puts the capabilities manifest (as the deployment service writes it).
+    pub async fn put_capabilities(&self, manifest: &[u8]) -> Result<()> {
+        let (path, body) = match &self.shape {
+            Shape::Clients { client_id } => (
+                format!("/api/v1/clients/{client_id}/capabilities"),
+                manifest.to_vec(),
+            ),
+            Shape::Devices { device_id } => (
+                format!("/api/v1/capabilities/{device_id}"),
+                rc3_capabilities(manifest),
+            ),
+        };
+        self.send(Method::PUT, &path, body, "capabilities")
             .await
             .map(drop)
     }
 
-    /// `POST /api/v1/clients/{clientId}/deployments/{deploymentId}/status`.
-    pub async fn post_status(
-        &self,
-        client_id: &str,
-        deployment_id: &str,
-        manifest: &[u8],
-    ) -> Result<()> {
-        let path = format!("/api/v1/clients/{client_id}/deployments/{deployment_id}/status");
+    /// Posts the status manifest of `deployment_id` (as the deployment service writes it).
+    pub async fn post_status(&self, deployment_id: &str, manifest: &[u8]) -> Result<()> {
+        let (path, body) = match &self.shape {
+            Shape::Clients { client_id } => (
+                format!("/api/v1/clients/{client_id}/deployments/{deployment_id}/status"),
+                manifest.to_vec(),
+            ),
+            Shape::Devices { device_id } => (
+                format!("/api/v1/deployments/{deployment_id}/status"),
+                rc3_status(manifest, device_id),
+            ),
+        };
         self.send(
             Method::POST,
             &path,
-            manifest.to_vec(),
+            body,
             &format!("status of {deployment_id}"),
         )
         .await
@@ -165,12 +217,6 @@ impl Wos {
         body: Vec<u8>,
         operation: &str,
     ) -> Result<Vec<u8>> {
-        let failed = |status: Option<u16>, message: String, retry_after| Error::Wos {
-            operation: operation.to_owned(),
-            status,
-            message,
-            retry_after,
-        };
         let response = self
             .client
             .request(method, format!("{}{path}", self.base))
@@ -178,29 +224,87 @@ impl Wos {
             .body(body)
             .send()
             .await
-            .map_err(|e| failed(None, woa_common::chain(&e), None))?;
-        let status = response.status();
-        let retry_after = crate::retry::retry_after(status, response.headers());
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| failed(Some(status.as_u16()), woa_common::chain(&e), None))?;
-        if status.is_success() {
-            return Ok(bytes.to_vec());
-        }
-        let detail = serde_json::from_slice::<Problem>(&bytes)
-            .ok()
-            .and_then(|p| p.detail.or(p.title))
-            .unwrap_or_else(|| {
-                status
-                    .canonical_reason()
-                    .unwrap_or("unexpected status")
-                    .to_owned()
-            });
-        Err(failed(
-            Some(status.as_u16()),
-            format!("HTTP {}: {detail}", status.as_u16()),
-            retry_after,
-        ))
+            .map_err(|e| Error::Wos {
+                operation: operation.to_owned(),
+                status: None,
+                message: woa_common::chain(&e),
+                retry_after: None,
+            })?;
+        answer(response, operation, ANSWER_LIMIT).await
     }
+}
+
+/// The body of a successful answer (at most `limit` bytes); otherwise the error, with the
+/// problem's detail (RFC 9457) and the wait the server asked for.
+pub(crate) async fn answer(
+    response: reqwest::Response,
+    operation: &str,
+    limit: usize,
+) -> Result<Vec<u8>> {
+    let failed = |status: Option<u16>, message: String, retry_after| Error::Wos {
+        operation: operation.to_owned(),
+        status,
+        message,
+        retry_after,
+    };
+    let status = response.status();
+    let retry_after = crate::retry::retry_after(status, response.headers());
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(failed(
+            Some(status.as_u16()),
+            format!("answer larger than {limit} bytes"),
+            None,
+        ));
+    }
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| failed(Some(status.as_u16()), woa_common::chain(&e), None))?;
+    if bytes.len() > limit {
+        return Err(failed(
+            Some(status.as_u16()),
+            format!("answer larger than {limit} bytes"),
+            None,
+        ));
+    }
+    if status.is_success() {
+        return Ok(bytes.to_vec());
+    }
+    let detail = serde_json::from_slice::<Problem>(&bytes)
+        .ok()
+        .and_then(|p| p.detail.or(p.title))
+        .unwrap_or_else(|| {
+            status
+                .canonical_reason()
+                .unwrap_or("unexpected status")
+                .to_owned()
+        });
+    Err(failed(
+        Some(status.as_u16()),
+        format!("HTTP {}: {detail}", status.as_u16()),
+        retry_after,
+    ))
+}
+
+/// rc.3's capabilities: the properties (and labels) only.
+fn rc3_capabilities(manifest: &[u8]) -> Vec<u8> {
+    let Ok(serde_json::Value::Object(mut m)) = serde_json::from_slice(manifest) else {
+        return manifest.to_vec();
+    };
+    m.remove("apiVersion");
+    m.remove("kind");
+    serde_json::to_vec(&m).unwrap_or_else(|_| manifest.to_vec())
+}
+
+/// rc.3's status: the manifest version adopted (the revision, for this source) and the device.
+fn rc3_status(manifest: &[u8], device_id: &str) -> Vec<u8> {
+    let Ok(serde_json::Value::Object(mut m)) = serde_json::from_slice(manifest) else {
+        return manifest.to_vec();
+    };
+    let version = (m.get("revision").and_then(|r| r.as_str())).and_then(|r| r.parse::<u64>().ok());
+    if let Some(version) = version {
+        m.insert("adoptedManifestVersion".into(), version.into());
+    }
+    m.insert("deviceId".into(), device_id.into());
+    serde_json::to_vec(&m).unwrap_or_else(|_| manifest.to_vec())
 }
