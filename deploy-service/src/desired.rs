@@ -219,16 +219,13 @@ async fn resolve_deployment(
     let policy = policy.for_deployment(&d.id, d.application_id.as_deref());
     let mut components = Vec::with_capacity(d.components.len());
     for c in &d.components {
-        let location = match &c.package {
-            MargoPackage::Location(l) => l,
-            MargoPackage::Oci { repository, .. } => {
-                return Err(Error::Package {
-                    location: repository.clone(),
-                    message: "OCI packages are not supported for the compose profile; use packageLocation".into(),
-                });
-            }
+        let package = match &c.package {
+            MargoPackage::Location(location) => fetcher.fetch(location, artifacts).await?,
+            MargoPackage::Oci {
+                repository,
+                revision,
+            } => (fetcher.fetch_artifact(repository, revision.as_deref())).await?,
         };
-        let package = fetcher.fetch(location, artifacts).await?;
         let compose_yaml = package
             .files
             .get(&package.compose_file)

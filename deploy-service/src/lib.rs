@@ -5,6 +5,7 @@
 //! in-process as well as as a process.
 
 mod agent;
+mod artifact;
 mod capabilities;
 mod compose;
 mod config;
@@ -43,7 +44,12 @@ const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 /// Builds the service from `config` (connect to the engine, bind the port) and runs it until
 /// `cancel`.
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
-    let fetcher = package::PackageFetcher::new(&config.packages)?;
+    // One crypto provider for every TLS client, including the OCI registry client's.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let fetcher = package::PackageFetcher::new(&config.packages)?.with_artifacts(
+        config.registries.clone(),
+        config.state_dir.join("artifacts"),
+    );
     let runtime =
         docker::DockerRuntime::connect(config.registries.clone(), &config.instance).await?;
     let bound = server::bind(&config).await?;

@@ -167,6 +167,7 @@ pub struct PackageFetcher {
     client: reqwest::Client,
     hosts: Arc<BTreeMap<String, Credentials>>,
     limits: Limits,
+    artifacts: Option<crate::artifact::Artifacts>,
 }
 
 impl fmt::Debug for PackageFetcher {
@@ -199,7 +200,37 @@ impl PackageFetcher {
                 archive_entries: config.max_archive_entries,
                 unpacked_bytes: config.max_unpacked_bytes,
             },
+            artifacts: None,
         })
+    }
+
+    /// The same fetcher, also pulling OCI compose artifacts with `registries`' credentials
+    /// and keeping them in `cache`.
+    pub fn with_artifacts(self, registries: BTreeMap<String, Credentials>, cache: PathBuf) -> Self {
+        let limit = self.limits.download_bytes;
+        Self {
+            artifacts: Some(crate::artifact::Artifacts::new(registries, cache, limit)),
+            ..self
+        }
+    }
+
+    /// The package in an OCI compose artifact (`oci://host/name` at `revision`).
+    pub async fn fetch_artifact(
+        &self,
+        repository: &str,
+        revision: Option<&str>,
+    ) -> Result<Package> {
+        let package_error = |message: String| Error::Package {
+            location: repository.to_owned(),
+            message,
+        };
+        let artifacts = (self.artifacts.as_ref())
+            .ok_or_else(|| package_error("OCI artifacts are not configured".into()))?;
+        let layer = artifacts
+            .fetch(repository, revision)
+            .await
+            .map_err(package_error)?;
+        self.unpack(layer).await.map_err(package_error)
     }
 
     /// Fetches the package at `location`: an `https://` URL, or a path into `artifacts`, the
