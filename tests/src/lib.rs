@@ -18,6 +18,8 @@ mod registry;
 mod sync;
 mod throttle;
 mod util;
+pub mod wfm;
+mod wfm_server;
 pub mod wos;
 mod wos_server;
 
@@ -33,4 +35,5 @@ pub use registry::{Registry, RegistryLogin};
 pub use sync::{Sync, SyncOptions};
 pub use throttle::Throttle;
 pub use util::{Outcome, base64, free_port, http_get, new_deployment_id, wait_until};
+pub use wfm_server::{WfmServer, WfmServerOptions, spiffe_client};
 pub use wos_server::{RepoAuthKind, WosServer, WosServerOptions};

@@ -2,6 +2,8 @@
 //!
 //! - `woa-testkit wos`: a reference WOS (enrollment REST API + per-device git repositories over
 //!   HTTPS), see `woa_tests::wos`.
+//! - `woa-testkit wfm`: a reference Margo WFM (Workload Management API 1.0.0-rc.3 over mutual
+//!   TLS with SPIFFE X.509-SVIDs), see `woa_tests::wfm`.
 //! - `woa-testkit conformance`: checks a deployment service against the `woa.deploy.v1`
 //!   contract, see `woa_tests::conformance`.
 
@@ -23,6 +25,13 @@ struct Cli {
 enum Command {
     /// Run a reference WOS (orchestrator): onboarding, status API and git repositories.
     Wos(woa_tests::wos::WosOptions),
+    /// Run a reference Margo WFM (Workload Fleet Manager): the Workload Management API
+    /// 1.0.0-rc.3 over mutual TLS, and an admin API on loopback.
+    ///
+    /// Creates the CA, the WFM's and the device's SVIDs (and wrong server identities for
+    /// negative tests) in --dir on first start; prints `listening on https://ADDR:PORT` and
+    /// `admin on http://ADDR:PORT` once bound.
+    Wfm(woa_tests::wfm::WfmOptions),
     /// Check a deployment service against the woa.deploy.v1 contract (proto/README.md).
     ///
     /// Runs the cases in order and prints `PASS <case>` or `FAIL <case>: <reason>` for each,
@@ -49,13 +58,18 @@ async fn main() -> ExitCode {
                 && std::env::var_os("NO_COLOR").is_none(),
         )
         .init();
-    let options = match cli.command {
-        Command::Wos(options) => options,
+    let cancel = CancellationToken::new();
+    let result = match cli.command {
+        Command::Wos(options) => {
+            tokio::spawn(stop_on_signal(cancel.clone()));
+            woa_tests::wos::serve(options, cancel).await
+        }
+        Command::Wfm(options) => {
+            tokio::spawn(stop_on_signal(cancel.clone()));
+            woa_tests::wfm::serve(options, cancel).await
+        }
         Command::Conformance(options) => return conformance(&options).await,
     };
-    let cancel = CancellationToken::new();
-    tokio::spawn(stop_on_signal(cancel.clone()));
-    let result = woa_tests::wos::serve(options, cancel).await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
