@@ -36,7 +36,8 @@ impl AppDeployment {
         self
     }
 
-    /// Adds a component whose package is at `package_location`.
+    /// Adds a component whose package is at `package_location`; an `oci://host/name:tag`
+    /// location becomes the `repository` and `revision` of an OCI compose artifact.
     pub fn component(mut self, name: &str, package_location: &str) -> Self {
         self.components
             .push((name.to_owned(), package_location.to_owned()));
@@ -78,10 +79,19 @@ impl AppDeployment {
             profile = q(&self.profile),
         );
         for (name, location) in &self.components {
+            let oci = (location.strip_prefix("oci://"))
+                .and_then(|rest| rest.rsplit_once(':').filter(|(_, tag)| !tag.contains('/')));
+            let package = match oci {
+                Some((repository, tag)) => format!(
+                    "repository: {}\n          revision: {}",
+                    q(&format!("oci://{repository}")),
+                    q(tag)
+                ),
+                None => format!("packageLocation: {}", q(location)),
+            };
             yaml += &format!(
-                "      - name: {}\n        properties:\n          packageLocation: {}\n",
-                q(name),
-                q(location)
+                "      - name: {}\n        properties:\n          {package}\n",
+                q(name)
             );
             if let Some(timeout) = self.timeouts.get(name) {
                 yaml += &format!("          timeout: {}\n", q(timeout));

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
 use crate::util::{free_port, http_get, run, wait_until};
@@ -123,6 +125,68 @@ impl Registry {
         run(docker().args(["push", &reference])).context("docker push")?;
         run(docker().args(["rmi", &reference]))?;
         Ok(reference)
+    }
+
+    /// Pushes `layer` as a one-layer OCI artifact `<host>/<repository>:<tag>` of
+    /// `media_type` (with the empty config), through the distribution API itself. Returns the
+    /// pushed reference.
+    pub fn push_artifact(
+        &self,
+        repository: &str,
+        tag: &str,
+        media_type: &str,
+        layer: &[u8],
+    ) -> Result<String> {
+        const EMPTY: &str = "application/vnd.oci.empty.v1+json";
+        // Plain HTTP, but reqwest wants a crypto provider for any client.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::blocking::Client::new();
+        let base = format!("http://{}/v2/{repository}", self.login.host);
+        let auth = |r: reqwest::blocking::RequestBuilder| {
+            r.basic_auth(&self.login.username, Some(&self.login.password))
+        };
+        let blob = |bytes: &[u8]| -> Result<Value> {
+            let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+            let started = auth(client.post(format!("{base}/blobs/uploads/"))).send()?;
+            ensure!(
+                started.status() == 202,
+                "upload start: {}",
+                started.status()
+            );
+            let location = (started.headers().get("location"))
+                .and_then(|l| l.to_str().ok())
+                .context("upload without a location")?
+                .to_owned();
+            let url = if location.starts_with("http") {
+                location
+            } else {
+                format!("http://{}{location}", self.login.host)
+            };
+            let separator = if url.contains('?') { '&' } else { '?' };
+            let done = auth(client.put(format!("{url}{separator}digest={digest}")))
+                .header("content-type", "application/octet-stream")
+                .body(bytes.to_vec())
+                .send()?;
+            ensure!(done.status() == 201, "blob upload: {}", done.status());
+            Ok(json!({"digest": digest, "size": bytes.len()}))
+        };
+        let mut config = blob(b"{}")?;
+        config["mediaType"] = EMPTY.into();
+        let mut layer = blob(layer)?;
+        layer["mediaType"] = media_type.into();
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": config,
+            "layers": [layer],
+        });
+        let put = auth(client.put(format!("{base}/manifests/{tag}")))
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .body(manifest.to_string())
+            .send()?;
+        let status = put.status();
+        ensure!(status == 201, "manifest: {status}: {}", put.text()?);
+        Ok(format!("{}/{repository}:{tag}", self.login.host))
     }
 
     fn docker_config(&self) -> Result<PathBuf> {

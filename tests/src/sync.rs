@@ -26,6 +26,10 @@ pub struct SyncOptions {
     pub report: String,
     /// `status.git.debounce`.
     pub git_debounce: String,
+    /// Top-level keys written first, e.g. `source = "margo"\n`.
+    pub top: String,
+    /// More tables, appended as they are (e.g. `[margo]`).
+    pub extra: String,
 }
 
 impl Default for SyncOptions {
@@ -37,6 +41,8 @@ impl Default for SyncOptions {
             downtime: Vec::new(),
             report: "http".into(),
             git_debounce: "2s".into(),
+            top: String::new(),
+            extra: String::new(),
         }
     }
 }
@@ -56,12 +62,14 @@ impl Sync {
         let pki = deploy.pki();
         let q = |p: &Path| Value::from(p.display().to_string()).to_string();
         let config = format!(
-            "state_dir = {state}\n\
+            "{top}state_dir = {state}\n\
              [poll]\ninterval = \"{interval}\"\njitter = \"0s\"\nwindows = {windows}\ndowntime = {downtime}\n\
              [status]\nheartbeat = \"{heartbeat}\"\nreport = \"{report}\"\n\
              [status.git]\ndebounce = \"{debounce}\"\n\
              [deploy]\nendpoint = \"https://{address}\"\nserver_name = \"localhost\"\n\
-             ca = {ca}\ncert = {cert}\nkey = {key}\n",
+             ca = {ca}\ncert = {cert}\nkey = {key}\n{extra}",
+            top = options.top,
+            extra = options.extra,
             state = q(&dir.path().join("state")),
             interval = options.poll_interval,
             heartbeat = options.heartbeat,

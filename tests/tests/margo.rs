@@ -1,0 +1,224 @@
+//! woa against a fleet manager speaking the Margo Workload Management API (rc.3): an app
+//! whose compose package is an OCI artifact is deployed, updated and removed through
+//! manifests; a manifest that does not verify, a version that goes down and a server that is
+//! not the fleet manager change nothing that runs.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::{Value, json};
+use woa_tests::{
+    AppDeployment, Cleanup, Deploy, DeployOptions, Registry, Sync, SyncOptions, WfmServer,
+    WfmServerOptions, answer, containers, tar_gz, testapp_image, wait_answer, wait_until,
+};
+
+const COMPOSE_MEDIA_TYPE: &str = "application/vnd.org.margo.component.compose.tar+gzip";
+const PREFIX: &str = "/v1alpha2/margo";
+
+/// The device's two services and the fleet manager, with an app registry.
+struct Device {
+    registry: Registry,
+    _deploy: Deploy,
+    wfm: WfmServer,
+    sync: Sync,
+}
+
+impl Device {
+    fn start(server_identity: &str) -> Result<Device> {
+        let registry = Registry::start()?;
+        let deploy = Deploy::start_with(&DeployOptions {
+            registries: vec![registry.login()],
+            ..Default::default()
+        })?;
+        let wfm = WfmServer::start(WfmServerOptions {
+            prefix: PREFIX.into(),
+            ..Default::default()
+        })?;
+        wfm.switches(json!({"serverIdentity": server_identity}))?;
+        let q = |p: std::path::PathBuf| Value::from(p.display().to_string());
+        let sync = Sync::new(
+            &deploy,
+            &SyncOptions {
+                top: "source = \"margo\"\n".into(),
+                extra: format!(
+                    "[margo]\nurl = {}\nsvid = {}\nsvid_key = {}\ntrust_bundle = {}\n",
+                    Value::from(wfm.url()),
+                    q(wfm.client_cert()),
+                    q(wfm.client_key()),
+                    q(wfm.ca_pem()),
+                ),
+                ..Default::default()
+            },
+        )?;
+        Ok(Device {
+            registry,
+            _deploy: deploy,
+            wfm,
+            sync,
+        })
+    }
+
+    /// Pushes an app answering `message` as the artifact `apps/<id>:<tag>`; its reference.
+    fn push(&self, id: &str, tag: &str, message: &str) -> Result<String> {
+        let image = testapp_image()?;
+        let compose = format!(
+            "services:\n  web:\n    image: {image}\n    command: [\"serve\", \"8080\"]\n    \
+             environment:\n      MESSAGE: \"{message}\"\n    ports: [\"127.0.0.1::8080\"]\n"
+        );
+        let layer = tar_gz(&[("web/compose.yaml", compose.as_bytes())])?;
+        let repository = format!("apps/{}", &id[..8]);
+        (self.registry).push_artifact(&repository, tag, COMPOSE_MEDIA_TYPE, &layer)
+    }
+
+    /// Makes `reference` the one deployment `id` of the next manifest; its version.
+    fn offer(&self, id: &str, reference: &str) -> Result<u64> {
+        let document = AppDeployment::new(id, "web")
+            .component("web", &format!("oci://{reference}"))
+            .to_yaml();
+        let answer = (self.wfm).set_deployments(&BTreeMap::from([(id.to_owned(), document)]))?;
+        answer["manifestVersion"]
+            .as_u64()
+            .context("no manifestVersion")
+    }
+
+    /// Waits until the fleet manager holds a status of `id` in `state` for `version`.
+    fn wait_status(&self, id: &str, state: &str, version: u64) -> Result<Value> {
+        wait_until(Duration::from_secs(90), || {
+            let status = self.wfm.statuses()?[id].clone();
+            let done = status["status"]["state"] == state
+                && status["adoptedManifestVersion"] == version
+                && status["deploymentId"] == id;
+            Ok(done.then_some(status))
+        })
+        .with_context(|| format!("{id} never {state} at {version}: {}", self.sync.log()))
+    }
+}
+
+/// Checks for `within` that `id` keeps answering `message`.
+fn keeps_answering(id: &str, message: &str, within: Duration) -> Result<()> {
+    let end = std::time::Instant::now() + within;
+    while std::time::Instant::now() < end {
+        let now = answer(id)?;
+        ensure!(now == message, "{id} answers {now:?}, not {message:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Ok(())
+}
+
+#[test]
+fn an_app_is_deployed_updated_and_removed_through_manifests() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let mut device = Device::start("good")?;
+    let id = cleanup.deployment_id()?;
+    let one = device.push(&id, "1.0.0", "one")?;
+    let version = device.offer(&id, &one)?;
+    device.sync.start()?;
+    device.wait_status(&id, "installed", version)?;
+    wait_answer(&id, "one")?;
+    let capabilities = device.wfm.capabilities()?;
+    let reported = capabilities.as_object().and_then(|c| c.values().next());
+    ensure!(
+        reported.is_some_and(|c| c.get("properties").is_some() && c.get("kind").is_none()),
+        "capabilities: {capabilities}"
+    );
+
+    // A poll that finds nothing new is one request, answered 304.
+    device.wfm.clear_requests()?;
+    std::thread::sleep(Duration::from_secs(4));
+    let requests = device.wfm.requests()?;
+    let polls: Vec<&Value> = requests.iter().filter(|r| r["method"] == "GET").collect();
+    ensure!(!polls.is_empty(), "no poll in 4 s: {requests:?}");
+    ensure!(
+        polls
+            .iter()
+            .all(|r| r["status"] == 304 && r["path"] == format!("{PREFIX}/api/v1/deployments")),
+        "{polls:?}"
+    );
+
+    let two = device.push(&id, "1.0.1", "two")?;
+    let version = device.offer(&id, &two)?;
+    device.wait_status(&id, "installed", version)?;
+    wait_answer(&id, "two")?;
+
+    // Gone from the manifest: removed.
+    let empty = device.wfm.set_deployments(&BTreeMap::new())?;
+    let version = empty["manifestVersion"].as_u64().context("version")?;
+    wait_until(Duration::from_secs(60), || Ok(containers(&id)?.is_empty()))?;
+    device.wait_status(&id, "removed", version)?;
+
+    // After a restart, a manifest older than the one adopted is refused as before.
+    device.sync.terminate(Duration::from_secs(10))?;
+    device.wfm.switches(json!({"version": "down"}))?;
+    device.offer(&id, &two)?;
+    device.sync.start()?;
+    wait_until(Duration::from_secs(30), || {
+        Ok(device
+            .sync
+            .log()
+            .contains("manifest version does not go up"))
+    })?;
+    ensure!(containers(&id)?.is_empty(), "an older manifest was applied");
+    Ok(())
+}
+
+#[test]
+fn a_manifest_that_does_not_verify_changes_nothing_that_runs() -> Result<()> {
+    let cleanup = Cleanup::new();
+    let mut device = Device::start("good")?;
+    let id = cleanup.deployment_id()?;
+    let one = device.push(&id, "1.0.0", "one")?;
+    let version = device.offer(&id, &one)?;
+    device.sync.start()?;
+    device.wait_status(&id, "installed", version)?;
+    wait_answer(&id, "one")?;
+
+    let two = device.push(&id, "1.0.1", "two")?;
+    for switch in ["wrongDigest", "unknownAlgorithm"] {
+        device.wfm.switches(json!({switch: true}))?;
+        device.offer(&id, &two)?;
+        wait_until(Duration::from_secs(30), || {
+            let status = device.wfm.statuses()?[&id].to_string();
+            Ok(status.contains("ERR_INVALID_DESIRED_STATE"))
+        })
+        .with_context(|| format!("{switch}: {}", device.sync.log()))?;
+        keeps_answering(&id, "one", Duration::from_secs(2))?;
+        device.wfm.switches(json!({switch: false}))?;
+    }
+    // Served right, the newest manifest goes through.
+    let version = device.offer(&id, &two)?;
+    device.wait_status(&id, "installed", version)?;
+    wait_answer(&id, "two")?;
+    Ok(())
+}
+
+#[test]
+fn only_the_fleet_manager_by_its_spiffe_id_and_trust_bundle_is_spoken_to() -> Result<()> {
+    let mut device = Device::start("other-id")?;
+    device.sync.start()?;
+    for identity in ["other-id", "untrusted", "expired"] {
+        device.wfm.switches(json!({"serverIdentity": identity}))?;
+        device.wfm.clear_requests()?;
+        std::thread::sleep(Duration::from_secs(3));
+        let served = device.wfm.requests()?;
+        ensure!(
+            served.is_empty(),
+            "{identity}: requests were served: {served:?}"
+        );
+    }
+    ensure!(
+        device.sync.log().contains("not its SVID"),
+        "{}",
+        device.sync.log()
+    );
+    device.wfm.switches(json!({"serverIdentity": "good"}))?;
+    wait_until(Duration::from_secs(60), || {
+        Ok(device
+            .wfm
+            .capabilities()?
+            .as_object()
+            .is_some_and(|c| !c.is_empty()))
+    })
+    .with_context(|| device.sync.log())?;
+    Ok(())
+}
