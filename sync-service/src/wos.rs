@@ -2,7 +2,9 @@
 //! TLS is always verified; after enrollment the device certificate identifies the device.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
+use std::time::SystemTime;
 
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
@@ -16,12 +18,66 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest answer read from the WOS API.
 const ANSWER_LIMIT: usize = 1 << 20;
 
-/// A client of one WOS.
-#[derive(Debug, Clone)]
+/// A client of one WOS; clones share the connection pool and a renewed identity.
+#[derive(Clone)]
 pub struct Wos {
-    client: reqwest::Client,
+    client: Arc<RwLock<reqwest::Client>>,
     base: String,
     shape: Shape,
+    renewal: Option<Arc<Renewal>>,
+}
+
+impl std::fmt::Debug for Wos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wos")
+            .field("base", &self.base)
+            .field("shape", &self.shape)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the TLS identity is rebuilt when its files change (a renewed certificate), so every
+/// clone reconnects with it without a restart.
+pub struct Renewal {
+    /// The files whose change means a new identity.
+    pub files: Vec<std::path::PathBuf>,
+    /// Builds the TLS configuration from them.
+    pub tls: Box<dyn Fn() -> Result<rustls::ClientConfig> + Send + Sync>,
+    /// The files' modification times when the client was last built.
+    seen: Mutex<Vec<Option<SystemTime>>>,
+}
+
+impl Renewal {
+    /// Rebuilding from `files` with `tls`.
+    pub fn new(
+        files: Vec<std::path::PathBuf>,
+        tls: Box<dyn Fn() -> Result<rustls::ClientConfig> + Send + Sync>,
+    ) -> Self {
+        let seen = Mutex::new(modified(&files));
+        Self { files, tls, seen }
+    }
+}
+
+fn modified(files: &[std::path::PathBuf]) -> Vec<Option<SystemTime>> {
+    (files.iter())
+        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+fn http_client(tls: rustls::ClientConfig) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .https_only(true)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .user_agent(concat!("woa-sync/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| Error::Wos {
+            operation: "client setup".into(),
+            status: None,
+            message: e.to_string(),
+            retry_after: None,
+        })
 }
 
 /// Which paths and bodies the WOS speaks for capabilities and statuses.
@@ -125,25 +181,22 @@ impl Wos {
 
     /// A client for `base` over `tls`, used as it is.
     pub fn with_tls(base: &str, tls: rustls::ClientConfig) -> Result<Self> {
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .https_only(true)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("woa-sync/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::Wos {
-                operation: "client setup".into(),
-                status: None,
-                message: e.to_string(),
-                retry_after: None,
-            })?;
         Ok(Self {
-            client,
+            client: Arc::new(RwLock::new(http_client(tls)?)),
             base: base.trim_end_matches('/').to_owned(),
             shape: Shape::Clients {
                 client_id: String::new(),
             },
+            renewal: None,
+        })
+    }
+
+    /// A client for `base` whose identity is rebuilt by `renewal` whenever its files change.
+    pub fn renewing(base: &str, renewal: Renewal) -> Result<Self> {
+        let wos = Self::with_tls(base, (renewal.tls)()?)?;
+        Ok(Self {
+            renewal: Some(Arc::new(renewal)),
+            ..wos
         })
     }
 
@@ -152,9 +205,31 @@ impl Wos {
         Self { shape, ..self }
     }
 
-    /// The HTTP client and base URL, for the other calls of the same API.
-    pub(crate) fn http(&self) -> (&reqwest::Client, &str) {
-        (&self.client, &self.base)
+    /// The HTTP client (new connections with a renewed identity once its files changed) and
+    /// the base URL, for the other calls of the same API.
+    pub(crate) fn http(&self) -> (reqwest::Client, &str) {
+        if let Some(renewal) = &self.renewal {
+            let now = modified(&renewal.files);
+            let mut seen = renewal.seen.lock().unwrap_or_else(PoisonError::into_inner);
+            if *seen != now {
+                *seen = now;
+                // A half-written pair fails here and is tried again at the next change; the
+                // identity before stays in use meanwhile.
+                match (renewal.tls)().and_then(http_client) {
+                    Ok(client) => {
+                        tracing::info!(
+                            "the identity's files changed; reconnecting with the new one"
+                        );
+                        *self.client.write().unwrap_or_else(PoisonError::into_inner) = client;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the identity's files changed but cannot be used; keeping the one before");
+                    }
+                }
+            }
+        }
+        let client = self.client.read().unwrap_or_else(PoisonError::into_inner);
+        (client.clone(), &self.base)
     }
 
     /// `POST /api/v1/onboarding`.
@@ -217,9 +292,9 @@ impl Wos {
         body: Vec<u8>,
         operation: &str,
     ) -> Result<Vec<u8>> {
-        let response = self
-            .client
-            .request(method, format!("{}{path}", self.base))
+        let (client, base) = self.http();
+        let response = client
+            .request(method, format!("{base}{path}"))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body)
             .send()

@@ -193,7 +193,8 @@ fn a_manifest_that_does_not_verify_changes_nothing_that_runs() -> Result<()> {
 }
 
 #[test]
-fn only_the_fleet_manager_by_its_spiffe_id_and_trust_bundle_is_spoken_to() -> Result<()> {
+fn only_the_fleet_manager_is_spoken_to_and_a_renewed_svid_is_used_without_a_restart() -> Result<()>
+{
     let mut device = Device::start("other-id")?;
     device.sync.start()?;
     for identity in ["other-id", "untrusted", "expired"] {

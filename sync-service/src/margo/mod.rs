@@ -5,7 +5,7 @@ pub mod source;
 pub mod spiffe;
 
 use crate::config::MargoConfig;
-use crate::wos::{Shape, Wos};
+use crate::wos::{Renewal, Shape, Wos};
 use crate::{Error, Result};
 
 /// The API client the configuration describes, presenting the device's SVID.
@@ -22,9 +22,32 @@ pub fn client(config: &MargoConfig, device_id: &str) -> Result<Wos> {
         .as_deref()
         .ok_or_else(|| missing("svid_key"))?;
     let bundle = (config.trust_bundle.as_deref()).ok_or_else(|| missing("trust_bundle"))?;
-    let (tls, id) = spiffe::client_config(bundle, svid, key, config.tls12)?;
+    let (_, id) = spiffe::client_config(bundle, svid, key, config.tls12)?;
     tracing::info!(spiffe_id = %id.id, fleet_manager = %id.server, %url, "Margo API client");
-    Ok(Wos::with_tls(url, tls)?.speaking(Shape::Devices {
+    let (bundle, svid, key, tls12) = (
+        bundle.to_owned(),
+        svid.to_owned(),
+        key.to_owned(),
+        config.tls12,
+    );
+    // A renewed SVID must name the same client: the fleet manager it may speak to follows
+    // from it, and a device does not change fleet managers by a file appearing.
+    let renewal = Renewal::new(
+        vec![svid.clone(), key.clone(), bundle.clone()],
+        Box::new(move || {
+            let (tls, renewed) = spiffe::client_config(&bundle, &svid, &key, tls12)?;
+            if renewed != id {
+                return Err(Error::Common(woa_common::Error::Tls(format!(
+                    "{}: the renewed SVID is {}, not {}",
+                    svid.display(),
+                    renewed.id,
+                    id.id
+                ))));
+            }
+            Ok(tls)
+        }),
+    );
+    Ok(Wos::renewing(url, renewal)?.speaking(Shape::Devices {
         device_id: device_id.to_owned(),
     }))
 }

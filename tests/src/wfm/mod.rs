@@ -398,6 +398,8 @@ struct RequestRecord {
     bytes_out: u64,
     /// From the client SVID; `null` when it is not a device of this WFM.
     client_id: Option<String>,
+    /// The serial number of the client SVID, so a renewal can be told from the one before.
+    client_serial: String,
 }
 
 /// The verified client certificate of a connection, put in every request's extensions.
@@ -407,6 +409,8 @@ pub(crate) struct Peer {
     spiffe_id: Option<String>,
     /// The clientId when the SPIFFE ID is a device of this WFM.
     client_id: Option<String>,
+    /// The certificate's serial number.
+    serial: String,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -490,13 +494,14 @@ async fn connection(
             return Ok(());
         }
     };
-    let spiffe_id = tls
+    let leaf = tls
         .get_ref()
         .1
         .peer_certificates()
-        .and_then(|chain| chain.first())
-        .and_then(|cert| pki::uri_sans(cert).into_iter().next());
+        .and_then(|chain| chain.first());
+    let spiffe_id = leaf.and_then(|cert| pki::uri_sans(cert).into_iter().next());
     let peer = Peer {
+        serial: leaf.map(|cert| pki::serial(cert)).unwrap_or_default(),
         client_id: spiffe_id.as_deref().and_then(|id| wfm.client_id_of(id)),
         spiffe_id,
     };
@@ -616,6 +621,7 @@ async fn handle(
         bytes_in: bytes_read.load(Ordering::Relaxed).max(content_length),
         bytes_out: response.body().size_hint().exact().unwrap_or(0),
         client_id: peer.client_id,
+        client_serial: peer.serial,
     };
     lock(&wfm.requests).push(record);
     Ok(response)

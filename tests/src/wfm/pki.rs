@@ -198,6 +198,13 @@ pub(crate) fn wfm_spiffe_id(trust_domain: &str, wfm_id: &str) -> String {
 }
 
 /// The URI SANs of a DER certificate.
+/// The serial number of a certificate, in hex; empty when it does not parse.
+pub(crate) fn serial(der: &[u8]) -> String {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, cert)| cert.raw_serial_as_string())
+        .unwrap_or_default()
+}
+
 pub(crate) fn uri_sans(der: &[u8]) -> Vec<String> {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
         return Vec::new();
