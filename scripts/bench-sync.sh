@@ -5,6 +5,8 @@
 #   2. time from `git push` (git CLI, over HTTPS) to the app running and to `installed` at the WOS
 #   3. RSS of woa-sync: after start, after 600 no-change polls, after 600 failed polls (WOS down)
 #   4. one status push to the status branch (status.report = "git"): requests, bytes and time
+#   5. a no-change poll through the Margo Workload Management API (source = "margo") against the
+#      reference WFM (`woa-testkit wfm`): requests, bytes and CPU time
 # Needs: a Docker engine, git, python3, rustc, curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -171,8 +173,8 @@ p0=$(grep -c 'no change' "$WORK/sync.log" || true)
 while [ $(( $(grep -c 'no change' "$WORK/sync.log" || true) - p0 )) -lt 600 ]; do sleep 1; done
 RSS_POLLS=$(rss_kib "$SYNC")
 kill "$WOS"; wait "$WOS" 2>/dev/null || true
-f0=$(grep -c 'poll failed' "$WORK/sync.log" || true)
-while [ $(( $(grep -c 'poll failed' "$WORK/sync.log" || true) - f0 )) -lt 600 ]; do sleep 1; done
+f0=$(grep -c 'cannot reach the repository' "$WORK/sync.log" || true)
+while [ $(( $(grep -c 'cannot reach the repository' "$WORK/sync.log" || true) - f0 )) -lt 600 ]; do sleep 1; done
 RSS_DOWN=$(rss_kib "$SYNC")
 
 # 4. Status pushes: the first one creates the branch; then each new version makes one push.
@@ -204,6 +206,33 @@ print(len(r), sum(x["bytesIn"] for x in r), sum(x["bytesOut"] for x in r))')
   PUSH_MS+=("$(grep 'status committed' "$WORK/sync.log" | tail -n "$made" | sed -n 's/.*elapsed_ms=\([0-9]*\).*/\1/p' | tr '\n' ' ')")
 done
 
+# 5. No-change polls through the Margo API: woa-sync with source = "margo" for 20 s.
+kill "$SYNC"; wait "$SYNC" 2>/dev/null || true
+"$BIN/woa-testkit" wfm --dir "$WORK/wfm" >"$WORK/wfm.out" 2>"$WORK/wfm.log" & PIDS+=($!)
+until grep -q '^admin on' "$WORK/wfm.out" 2>/dev/null; do sleep 0.1; done
+WFM_URL=$(sed -n 's/^listening on //p' "$WORK/wfm.out")
+WFM_ADMIN=$(sed -n 's/^admin on //p' "$WORK/wfm.out")
+curl -fs -X PUT -H 'content-type: application/json' -d '{}' "$WFM_ADMIN/admin/deployments" >/dev/null
+sync_config 1s
+sed -i -e "1i source = \"margo\"" -e "s|^state_dir = .*|state_dir = \"$WORK/sync-margo\"|" "$WORK/sync.toml"
+printf '[margo]\nurl = "%s"\nsvid = "%s"\nsvid_key = "%s"\ntrust_bundle = "%s"\n' \
+  "$WFM_URL" "$WORK/wfm/client.pem" "$WORK/wfm/client.key" "$WORK/wfm/ca.pem" >> "$WORK/sync.toml"
+applied() { grep -c 'desired state applied' "$WORK/sync.log" || true; }
+a0=$(applied)
+start_sync
+until [ "$(applied)" -gt "$a0" ]; do sleep 0.2; done
+sleep 2
+curl -fs -X DELETE "$WFM_ADMIN/admin/requests" >/dev/null
+c0=$(cpu_ticks "$SYNC"); p0=$(grep -c 'no change' "$WORK/sync.log" || true)
+sleep 20
+c1=$(cpu_ticks "$SYNC"); p1=$(grep -c 'no change' "$WORK/sync.log" || true)
+read -r API_REQ API_304 API_IN API_OUT < <(curl -fs "$WFM_ADMIN/admin/requests" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+print(len(r), sum(x["status"] == 304 for x in r), sum(x["bytesIn"] for x in r), sum(x["bytesOut"] for x in r))')
+API_POLLS=$((p1 - p0))
+API_CPU_MS=$(echo "scale=2; ($c1 - $c0) * 1000 / $HZ / $API_POLLS" | bc)
+
 mib() { echo "scale=1; $1/1024" | bc; }
 printf '\n%-52s %s\n' "measure" "value"
 printf '%-52s woa-sync %s req, %s B out, %s B in | git fetch %s req, %s B out, %s B in\n' \
@@ -211,6 +240,9 @@ printf '%-52s woa-sync %s req, %s B out, %s B in | git fetch %s req, %s B out, %
   "$(echo "scale=1; $SYNC_REQ/$POLLS" | bc)" "$(echo "$SYNC_IN/$POLLS" | bc)" "$(echo "$SYNC_OUT/$POLLS" | bc)" \
   "$(echo "scale=1; $GIT_REQ/20" | bc)" "$(echo "$GIT_IN/20" | bc)" "$(echo "$GIT_OUT/20" | bc)"
 printf '%-52s woa-sync %s ms | git fetch %s ms | ratio %.2f\n' "CPU time of a no-change poll" "$SYNC_CPU_MS" "$GIT_CPU_MS" "$(echo "$SYNC_CPU_MS / $GIT_CPU_MS" | bc -l)"
+printf '%-52s %s req (%s of %s answered 304), %s B out, %s B in; %s ms CPU\n' \
+  "no-change poll through the Margo API (per poll)" "$(echo "scale=1; $API_REQ/$API_POLLS" | bc)" \
+  "$API_304" "$API_REQ" "$(echo "$API_IN/$API_POLLS" | bc)" "$(echo "$API_OUT/$API_POLLS" | bc)" "$API_CPU_MS"
 printf '%-52s %s s (runs %s)\n' "git push -> new version running (poll every 1 s)" "${PUSH_RUN[*]}" "3"
 printf '%-52s %s s\n' "git push -> installed at the WOS" "${PUSH_INSTALLED[*]}"
 printf '%-52s %s MiB\n' "woa-sync RSS after start" "$(mib "$RSS_START")"

@@ -39,6 +39,8 @@ pub struct AgentSettings {
     pub image_gc: ImageGcConfig,
     /// What a desired state may ask of the host.
     pub policy: Policy,
+    /// The collector every container is told of.
+    pub otel: crate::otel::OtelConfig,
 }
 
 /// The deployment agent over a container runtime.
@@ -170,6 +172,7 @@ impl<R: ContainerRuntime> Agent<R> {
             &desired,
             &self.fetcher,
             &self.settings.policy,
+            &self.settings.otel,
             &self.settings.state_dir.join("packages"),
         )
         .await;

@@ -12,6 +12,7 @@ pub fn probe(
     facts: &EngineFacts,
     device: &DeviceOverrides,
     policy: &PolicyConfig,
+    otel_collector: bool,
 ) -> DeviceProperties {
     let or = |v: &str, default: String| if v.is_empty() { default } else { v.to_string() };
     DeviceProperties {
@@ -38,6 +39,7 @@ pub fn probe(
             .collect(),
         supported_runtimes: [vec![facts.runtime.clone()], policy.runtimes.clone()].concat(),
         supported_deployment_types: vec!["compose".into()],
+        otel_collector: Some(otel_collector),
     }
 }
 
@@ -139,7 +141,8 @@ mod tests {
             runtime: "docker 20.10.24".into(),
             ..Default::default()
         };
-        let p = probe(&facts, &DeviceOverrides::default(), &policy);
+        let p = probe(&facts, &DeviceOverrides::default(), &policy, true);
+        assert_eq!(p.otel_collector, Some(true));
         let kinds: Vec<(&str, Option<&str>)> = (p.peripherals.iter())
             .map(|x| (x.kind.as_str(), x.model.as_deref()))
             .collect();
@@ -156,7 +159,9 @@ mod tests {
             &facts,
             &DeviceOverrides::default(),
             &PolicyConfig::default(),
+            false,
         );
         assert!(none.peripherals.is_empty());
+        assert_eq!(none.otel_collector, Some(false));
     }
 }

@@ -48,6 +48,8 @@ pub struct Config {
     pub image_gc: ImageGcConfig,
     /// What a desired state may ask of the host.
     pub policy: PolicyConfig,
+    /// The device's OpenTelemetry collector, announced to every container.
+    pub otel: crate::otel::OtelConfig,
     /// The file this configuration was read from, if any (its directory is protected).
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -195,6 +197,7 @@ impl Default for Config {
             rollout: RolloutConfig::default(),
             image_gc: ImageGcConfig::default(),
             policy: PolicyConfig::default(),
+            otel: crate::otel::OtelConfig::default(),
             file: None,
             listener: ListenerConfig::default(),
         }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use woa_common::margo::{self, Package as MargoPackage, Profile, StatusError};
 
+use crate::otel::OtelConfig;
 use crate::package::PackageFetcher;
 use crate::policy::Policy;
 use crate::spec::{BindSource, Project};
@@ -99,6 +100,7 @@ pub async fn resolve(
     previous: &DesiredState,
     fetcher: &PackageFetcher,
     policy: &Policy,
+    otel: &OtelConfig,
     packages_dir: &Path,
 ) -> DesiredState {
     let artifacts = &incoming.artifacts;
@@ -155,7 +157,7 @@ pub async fn resolve(
             names.clone_from(&last.component_names);
         }
         let result = match parsed {
-            Ok(d) => resolve_deployment(&d, artifacts, fetcher, policy, packages_dir)
+            Ok(d) => resolve_deployment(&d, artifacts, fetcher, policy, otel, packages_dir)
                 .await
                 .and_then(|components| claim_names(&id, components, &mut names_taken))
                 .map(|components| (d, components)),
@@ -193,6 +195,7 @@ async fn resolve_deployment(
     artifacts: &BTreeMap<String, Vec<u8>>,
     fetcher: &PackageFetcher,
     policy: &Policy,
+    otel: &OtelConfig,
     packages_dir: &Path,
 ) -> Result<Vec<Component>> {
     match &d.profile {
@@ -238,6 +241,7 @@ async fn resolve_deployment(
             file: package.compose_file.clone(),
             message,
         })?;
+        otel.apply(&mut project);
         let data = data_dir(packages_dir, &d.id).join(path_part(&c.name)?);
         keep_data_outside_the_package(&mut project, &package.files, &data)?;
         let package_dir = store_package(packages_dir, &package.files)?;

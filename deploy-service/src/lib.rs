@@ -19,6 +19,7 @@ mod listener;
 mod memory;
 mod metrics;
 pub mod operator;
+mod otel;
 pub mod package;
 mod plan;
 mod policy;
@@ -68,6 +69,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         rollout: config.rollout.clone(),
         image_gc: config.image_gc.clone(),
         policy: policy::Policy::new(config.policy.clone(), config.protected()),
+        otel: config.otel.clone(),
     };
     let agent = agent::Agent::new(runtime, fetcher, settings)?;
     tracing::info!(listen = ?bound.local_addr(), state_dir = %config.state_dir.display(), "woa-deploy serving");

@@ -114,7 +114,8 @@ impl<R: ContainerRuntime> DeploymentService for Api<R> {
     ) -> Result<Response<pb::DeviceCapabilities>, Status> {
         let facts = self.agent.runtime().facts().await.map_err(to_status)?;
         let policy = self.agent.settings.policy.config();
-        let properties = capabilities::probe(&facts, &self.device, policy);
+        let otel = self.agent.settings.otel.collector();
+        let properties = capabilities::probe(&facts, &self.device, policy, otel);
         Ok(Response::new(convert::capabilities(properties)))
     }
 

@@ -327,6 +327,7 @@ mod tests {
             },
             image_gc: Default::default(),
             policy: Default::default(),
+            otel: Default::default(),
         };
         let fetcher = PackageFetcher::new(&PackageConfig::default()).unwrap();
         let agent = Agent::new(memory.clone(), fetcher, settings).unwrap();

@@ -361,13 +361,60 @@ pub(crate) async fn answer(
     ))
 }
 
-/// rc.3's capabilities: the properties (and labels) only.
+/// The peripheral and interface types rc.3's capabilities schema enumerates.
+const RC3_TYPES: [(&str, &[&str]); 2] = [
+    (
+        "peripherals",
+        &["gpu", "display", "camera", "microphone", "speaker"],
+    ),
+    (
+        "interfaces",
+        &[
+            "ethernet",
+            "wifi",
+            "cellular",
+            "bluetooth",
+            "usb",
+            "canbus",
+            "rs232",
+        ],
+    ),
+];
+
+/// rc.3's capabilities: the properties (and labels) only, with the values its schema
+/// enumerates: every container runtime of this agent is `oci`, architectures by their OCI
+/// names, and only the peripheral and interface types rc.3 knows.
 fn rc3_capabilities(manifest: &[u8]) -> Vec<u8> {
-    let Ok(serde_json::Value::Object(mut m)) = serde_json::from_slice(manifest) else {
+    use serde_json::Value;
+    let Ok(Value::Object(mut m)) = serde_json::from_slice(manifest) else {
         return manifest.to_vec();
     };
     m.remove("apiVersion");
     m.remove("kind");
+    if let Some(Value::Object(p)) = m.get_mut("properties") {
+        if p.contains_key("supportedRuntimes") {
+            p.insert("supportedRuntimes".into(), serde_json::json!(["oci"]));
+        }
+        for cpu in p
+            .get_mut("cpus")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            let oci = match cpu["architecture"].as_str() {
+                Some("x86_64" | "amd64") => "amd64",
+                Some("aarch64" | "arm64") => "arm64",
+                Some(a) if a.starts_with("arm") => "arm",
+                _ => continue,
+            };
+            cpu["architecture"] = oci.into();
+        }
+        for (key, types) in RC3_TYPES {
+            if let Some(Value::Array(items)) = p.get_mut(key) {
+                items.retain(|item| item["type"].as_str().is_some_and(|t| types.contains(&t)));
+            }
+        }
+    }
     serde_json::to_vec(&m).unwrap_or_else(|_| manifest.to_vec())
 }
 
@@ -382,4 +429,50 @@ fn rc3_status(manifest: &[u8], device_id: &str) -> Vec<u8> {
     }
     m.insert("deviceId".into(), device_id.into());
     serde_json::to_vec(&m).unwrap_or_else(|_| manifest.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::{Value, json};
+
+    #[test]
+    fn rc3_capabilities_say_only_what_its_schema_knows() {
+        let manifest = json!({
+            "apiVersion": "device.margo.org/v1alpha1",
+            "kind": "DeviceCapabilitiesManifest",
+            "properties": {
+                "id": "d", "vendor": "v", "modelNumber": "m", "serialNumber": "s",
+                "cpus": [{"architecture": "x86_64", "cores": 2}],
+                "supportedRuntimes": ["docker 20.10.24", "nvidia"],
+                "peripherals": [{"type": "serial", "model": "/dev/ttyUSB*"}, {"type": "gpu"}],
+                "interfaces": [{"type": "ethernet", "name": "eth0"}, {"type": "loopback"}],
+                "otelCollector": true
+            }
+        });
+        let body = rc3_capabilities(manifest.to_string().as_bytes());
+        let out: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            out,
+            json!({"properties": {
+                "id": "d", "vendor": "v", "modelNumber": "m", "serialNumber": "s",
+                "cpus": [{"architecture": "amd64", "cores": 2}],
+                "supportedRuntimes": ["oci"],
+                "peripherals": [{"type": "gpu"}],
+                "interfaces": [{"type": "ethernet", "name": "eth0"}],
+                "otelCollector": true
+            }})
+        );
+    }
+
+    #[test]
+    fn rc3_statuses_carry_the_adopted_manifest_version_and_the_device() {
+        let manifest =
+            json!({"deploymentId": "a", "revision": "7", "status": {"state": "installed"}});
+        let body = rc3_status(manifest.to_string().as_bytes(), "dev-1");
+        let out: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(out["adoptedManifestVersion"], 7);
+        assert_eq!(out["deviceId"], "dev-1");
+    }
 }

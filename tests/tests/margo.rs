@@ -15,6 +15,8 @@ use woa_tests::{
 
 const COMPOSE_MEDIA_TYPE: &str = "application/vnd.org.margo.component.compose.tar+gzip";
 const PREFIX: &str = "/v1alpha2/margo";
+/// The device's OpenTelemetry collector, as apps are told of it.
+const COLLECTOR: &str = "http://otel-collector.local:4318";
 
 /// The device's two services and the fleet manager, with an app registry.
 struct Device {
@@ -29,6 +31,7 @@ impl Device {
         let registry = Registry::start()?;
         let deploy = Deploy::start_with(&DeployOptions {
             registries: vec![registry.login()],
+            extra: format!("[otel]\nendpoint = \"{COLLECTOR}\"\n"),
             ..Default::default()
         })?;
         let wfm = WfmServer::start(WfmServerOptions {
@@ -119,8 +122,17 @@ fn an_app_is_deployed_updated_and_removed_through_manifests() -> Result<()> {
     let capabilities = device.wfm.capabilities()?;
     let reported = capabilities.as_object().and_then(|c| c.values().next());
     ensure!(
-        reported.is_some_and(|c| c.get("properties").is_some() && c.get("kind").is_none()),
+        reported.is_some_and(|c| c["properties"]["otelCollector"] == true
+            && c["properties"]["supportedRuntimes"] == json!(["oci"])
+            && c.get("kind").is_none()),
         "capabilities: {capabilities}"
+    );
+    // Every container is told of the collector.
+    let env = containers(&id)?[0].inspect()["Config"]["Env"].clone();
+    ensure!(
+        env.as_array()
+            .is_some_and(|e| e.contains(&json!(format!("OTEL_EXPORTER_OTLP_ENDPOINT={COLLECTOR}")))),
+        "environment: {env}"
     );
 
     // A poll that finds nothing new is one request, answered 304.

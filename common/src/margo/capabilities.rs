@@ -56,6 +56,9 @@ pub struct DeviceProperties {
     /// Deployment profile types this device runs, e.g. `compose`.
     #[serde(default)]
     pub supported_deployment_types: Vec<String>,
+    /// Whether the device runs an OpenTelemetry collector its apps are told of (Margo rc.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otel_collector: Option<bool>,
 }
 
 /// One processor.
@@ -156,6 +159,7 @@ mod tests {
             }],
             supported_runtimes: vec!["oci".into()],
             supported_deployment_types: vec!["compose".into()],
+            otel_collector: None,
         });
         let json = serde_json::to_value(&manifest).expect("serialises");
         assert_eq!(
