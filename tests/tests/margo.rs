@@ -233,5 +233,41 @@ fn only_the_fleet_manager_is_spoken_to_and_a_renewed_svid_is_used_without_a_rest
             .is_some_and(|c| !c.is_empty()))
     })
     .with_context(|| device.sync.log())?;
+
+    // A renewed SVID put in place of the old one is what the next connections present.
+    let serial = |requests: &[Value]| requests.last().map(|r| r["clientSerial"].clone());
+    let before = serial(&device.wfm.requests()?).context("no request yet")?;
+    let renewed = device.wfm.renew_client()?;
+    let staged = device.wfm.dir().join("client.pem.staged");
+    std::fs::copy(&renewed, &staged)?;
+    std::fs::rename(&staged, device.wfm.client_cert())?;
+    wait_until(Duration::from_secs(30), || {
+        Ok(serial(&device.wfm.requests()?).is_some_and(|s| s != before))
+    })
+    .with_context(|| device.sync.log())?;
+
+    // A 503 with Retry-After: 3 is asked again when it said, not at every 1 s poll.
+    device.wfm.set_deployments(&BTreeMap::new())?;
+    device
+        .wfm
+        .switches(json!({"unavailable": {"retryAfter": 3}}))?;
+    device.wfm.clear_requests()?;
+    std::thread::sleep(Duration::from_secs(8));
+    let manifest = format!("{PREFIX}/api/v1/deployments");
+    let polls: Vec<Value> = (device.wfm.requests()?.into_iter())
+        .filter(|r| r["path"] == manifest.as_str())
+        .collect();
+    ensure!(
+        (1..=4).contains(&polls.len()) && polls.iter().all(|r| r["status"] == 503),
+        "{polls:?}"
+    );
+    device.wfm.switches(json!({"unavailable": null}))?;
+    wait_until(Duration::from_secs(30), || {
+        let requests = device.wfm.requests()?;
+        Ok(requests
+            .iter()
+            .any(|r| r["path"] == manifest.as_str() && r["status"] == 304))
+    })
+    .with_context(|| device.sync.log())?;
     Ok(())
 }
