@@ -62,6 +62,17 @@ impl Device {
         })
     }
 
+    /// A device running `id` at manifest version 1, answering "one", through the API.
+    fn running(id: &str) -> Result<Device> {
+        let mut device = Device::start("good")?;
+        let one = device.push(id, "1.0.0", "one")?;
+        let version = device.offer(id, &one)?;
+        device.sync.start()?;
+        device.wait_status(id, "installed", version)?;
+        wait_answer(id, "one")?;
+        Ok(device)
+    }
+
     /// Pushes an app answering `message` as the artifact `apps/<id>:<tag>`; its reference.
     fn push(&self, id: &str, tag: &str, message: &str) -> Result<String> {
         let image = testapp_image()?;
@@ -112,13 +123,8 @@ fn keeps_answering(id: &str, message: &str, within: Duration) -> Result<()> {
 #[test]
 fn an_app_is_deployed_updated_and_removed_through_manifests() -> Result<()> {
     let cleanup = Cleanup::new();
-    let mut device = Device::start("good")?;
     let id = cleanup.deployment_id()?;
-    let one = device.push(&id, "1.0.0", "one")?;
-    let version = device.offer(&id, &one)?;
-    device.sync.start()?;
-    device.wait_status(&id, "installed", version)?;
-    wait_answer(&id, "one")?;
+    let mut device = Device::running(&id)?;
     let capabilities = device.wfm.capabilities()?;
     let reported = capabilities.as_object().and_then(|c| c.values().next());
     ensure!(
@@ -177,13 +183,8 @@ fn an_app_is_deployed_updated_and_removed_through_manifests() -> Result<()> {
 #[test]
 fn a_manifest_that_does_not_verify_changes_nothing_that_runs() -> Result<()> {
     let cleanup = Cleanup::new();
-    let mut device = Device::start("good")?;
     let id = cleanup.deployment_id()?;
-    let one = device.push(&id, "1.0.0", "one")?;
-    let version = device.offer(&id, &one)?;
-    device.sync.start()?;
-    device.wait_status(&id, "installed", version)?;
-    wait_answer(&id, "one")?;
+    let device = Device::running(&id)?;
 
     let two = device.push(&id, "1.0.1", "two")?;
     for switch in ["wrongDigest", "unknownAlgorithm"] {
