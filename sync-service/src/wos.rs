@@ -200,6 +200,11 @@ impl Wos {
         })
     }
 
+    /// The base URL.
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
     /// The same client, speaking `shape`.
     pub fn speaking(self, shape: Shape) -> Self {
         Self { shape, ..self }

@@ -132,7 +132,7 @@ impl MargoSource {
 
 impl DesiredStateSource for MargoSource {
     fn name(&self) -> String {
-        self.api.http().1.to_owned()
+        self.api.base().to_owned()
     }
 
     async fn fetch(&mut self, known: Option<&str>) -> Result<Option<pb::ApplyDesiredStateRequest>> {
