@@ -62,8 +62,16 @@ pub struct MargoConfig {
     pub svid: Option<PathBuf>,
     /// Its private key (PEM, 0600).
     pub svid_key: Option<PathBuf>,
-    /// The trust domain's X.509 anchors (PEM).
+    /// The trust domain's X.509 anchors (PEM), delivered out of band; with
+    /// `fetch_trust_bundle` or `trust_bundle_url`, the bootstrap anchors until a bundle is
+    /// fetched.
     pub trust_bundle: Option<PathBuf>,
+    /// Fetch the trust domain's SPIFFE bundle, found through `/.well-known/margo` at the
+    /// fleet manager's origin; it then replaces the anchors, and is fetched again as it says.
+    pub fetch_trust_bundle: bool,
+    /// The SPIFFE bundle endpoint, when the operator names it instead of discovery (`https`;
+    /// on another origin than `url` its host is verified against `trust_bundle`).
+    pub trust_bundle_url: Option<String>,
     /// Also allow TLS 1.2 (TLS 1.3 only by default).
     pub tls12: bool,
 }

@@ -60,6 +60,10 @@ impl Layout {
     pub fn margo_manifest(&self) -> PathBuf {
         self.dir.join("margo-manifest.json")
     }
+    /// The trust bundle fetched from the Margo trust domain.
+    pub fn margo_trust_bundle(&self) -> PathBuf {
+        self.dir.join("margo-trust-bundle.json")
+    }
 
     /// Statuses not yet delivered.
     pub fn outbox(&self) -> PathBuf {

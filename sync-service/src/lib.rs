@@ -57,8 +57,10 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
                 .into());
             }
             let device_id = device_id(&config.state_dir)?;
-            let wos = margo::client(&config.margo, &device_id)?;
-            let source = margo::source::MargoSource::new(wos.clone(), layout.margo_manifest())?;
+            let (wos, trust) =
+                margo::client(&config.margo, &device_id, &layout.margo_trust_bundle())?;
+            let source =
+                margo::source::MargoSource::new(wos.clone(), layout.margo_manifest(), trust)?;
             (Source::Margo(source), wos, device_id, None)
         }
         config::SourceKind::Git => {

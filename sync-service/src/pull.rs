@@ -34,7 +34,7 @@ const RETRY_BASE: Duration = Duration::from_secs(2);
 /// What the log says while the repository cannot be polled. Nothing the device runs changes
 /// meanwhile, but it is blind to its orchestrator: an error.
 const REPOSITORY_MESSAGES: Messages = Messages {
-    down: "polling the desired-state repository failed; keeping the last desired state",
+    down: "polling the desired-state source failed; keeping the last desired state",
     still_down: "the desired-state repository still cannot be polled; keeping the last desired state",
     back: "the desired-state repository can be polled again",
 };

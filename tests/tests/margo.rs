@@ -27,7 +27,10 @@ struct Device {
 }
 
 impl Device {
-    fn start(server_identity: &str) -> Result<Device> {
+    /// With `fetch_bundle`, the device starts trusting the trust domain's CA and a stranger's
+    /// (the bootstrap anchors), and fetches the trust domain's bundle, which names only the
+    /// former.
+    fn start(server_identity: &str, fetch_bundle: bool) -> Result<Device> {
         let registry = Registry::start()?;
         let deploy = Deploy::start_with(&DeployOptions {
             registries: vec![registry.login()],
@@ -40,16 +43,28 @@ impl Device {
         })?;
         wfm.switches(json!({"serverIdentity": server_identity}))?;
         let q = |p: std::path::PathBuf| Value::from(p.display().to_string());
+        let mut trust = format!("trust_bundle = {}\n", q(wfm.ca_pem()));
+        if fetch_bundle {
+            let bootstrap = wfm.dir().join("bootstrap.pem");
+            let stranger = std::fs::read_to_string(wfm.dir().join("untrusted-ca.pem"))?;
+            std::fs::write(
+                &bootstrap,
+                std::fs::read_to_string(wfm.ca_pem())? + &stranger,
+            )?;
+            trust = format!(
+                "trust_bundle = {}\nfetch_trust_bundle = true\n",
+                q(bootstrap)
+            );
+        }
         let sync = Sync::new(
             &deploy,
             &SyncOptions {
                 top: "source = \"margo\"\n".into(),
                 extra: format!(
-                    "[margo]\nurl = {}\nsvid = {}\nsvid_key = {}\ntrust_bundle = {}\n",
+                    "[margo]\nurl = {}\nsvid = {}\nsvid_key = {}\n{trust}",
                     Value::from(wfm.url()),
                     q(wfm.client_cert()),
                     q(wfm.client_key()),
-                    q(wfm.ca_pem()),
                 ),
                 ..Default::default()
             },
@@ -64,7 +79,7 @@ impl Device {
 
     /// A device running `id` at manifest version 1, answering "one", through the API.
     fn running(id: &str) -> Result<Device> {
-        let mut device = Device::start("good")?;
+        let mut device = Device::start("good", false)?;
         let one = device.push(id, "1.0.0", "one")?;
         let version = device.offer(id, &one)?;
         device.sync.start()?;
@@ -208,7 +223,7 @@ fn a_manifest_that_does_not_verify_changes_nothing_that_runs() -> Result<()> {
 #[test]
 fn only_the_fleet_manager_is_spoken_to_and_a_renewed_svid_is_used_without_a_restart() -> Result<()>
 {
-    let mut device = Device::start("other-id")?;
+    let mut device = Device::start("other-id", false)?;
     device.sync.start()?;
     for identity in ["other-id", "untrusted", "expired"] {
         device.wfm.switches(json!({"serverIdentity": identity}))?;
@@ -268,6 +283,55 @@ fn only_the_fleet_manager_is_spoken_to_and_a_renewed_svid_is_used_without_a_rest
         Ok(requests
             .iter()
             .any(|r| r["path"] == manifest.as_str() && r["status"] == 304))
+    })
+    .with_context(|| device.sync.log())?;
+    Ok(())
+}
+
+#[test]
+fn a_fetched_trust_bundle_replaces_the_anchors_and_never_goes_back() -> Result<()> {
+    let mut device = Device::start("good", true)?;
+    device.wfm.switches(json!({"refreshHint": 1}))?;
+    device.sync.start()?;
+    let stored = device.sync.state_dir().join("margo-trust-bundle.json");
+    let kept = wait_until(Duration::from_secs(60), || Ok(std::fs::read(&stored).ok()))
+        .with_context(|| device.sync.log())?;
+    let bundle: Value = serde_json::from_slice(&kept)?;
+    ensure!(
+        bundle["sequence"] == 2 && bundle["anchors"].as_array().map(Vec::len) == Some(1),
+        "{bundle}"
+    );
+
+    // A bundle without an X.509 anchor, or of a lower sequence, is refused and changes nothing.
+    for (switch, why) in [
+        ("empty", "no X.509 trust anchor"),
+        ("regressed", "spiffe_sequence went down"),
+    ] {
+        device.wfm.switches(json!({"trustBundle": switch}))?;
+        wait_until(Duration::from_secs(30), || {
+            Ok(device.sync.log().contains(why))
+        })
+        .with_context(|| format!("{switch}: {}", device.sync.log()))?;
+    }
+    ensure!(std::fs::read(&stored)? == kept, "a refused bundle was kept");
+
+    // The bootstrap anchors trusted the stranger's CA too; the bundle that replaced them
+    // does not, also after a restart.
+    device.sync.terminate(Duration::from_secs(10))?;
+    (device.wfm).switches(json!({"trustBundle": "good", "serverIdentity": "untrusted"}))?;
+    device.wfm.clear_requests()?;
+    device.sync.start()?;
+    std::thread::sleep(Duration::from_secs(4));
+    let served = device.wfm.requests()?;
+    ensure!(served.is_empty(), "requests were served: {served:?}");
+    ensure!(
+        device.sync.log().contains("UnknownIssuer"),
+        "{}",
+        device.sync.log()
+    );
+    device.wfm.switches(json!({"serverIdentity": "good"}))?;
+    wait_until(Duration::from_secs(30), || {
+        Ok(!device.wfm.requests()?.is_empty())
     })
     .with_context(|| device.sync.log())?;
     Ok(())

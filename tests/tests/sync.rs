@@ -327,7 +327,7 @@ fn wrong_repository_credentials_are_reported_without_a_crash_loop() -> Result<()
     let errors = log
         .lines()
         .filter(|l| {
-            l.contains("polling the desired-state repository failed")
+            l.contains("polling the desired-state source failed")
                 && l.contains("refused the credentials")
         })
         .count();

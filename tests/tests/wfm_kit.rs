@@ -549,4 +549,24 @@ fn the_trust_domain_is_discoverable_with_its_bundle() {
     let (_, pem) = x509_parser::pem::parse_x509_pem(&ca_pem).unwrap();
     let x5c = key["x5c"][0].as_str().unwrap();
     assert_eq!(x5c, woa_tests::base64(&pem.contents));
+
+    // The switches: no X.509 anchor, a sequence below the one before, a refresh hint.
+    let fetch = || -> Value { client.get(bundle_url).send().unwrap().json().unwrap() };
+    server
+        .switches(json!({"trustBundle": "empty", "refreshHint": 1}))
+        .unwrap();
+    let empty = fetch();
+    assert_eq!(empty["spiffe_refresh_hint"], 1);
+    let keys = empty["keys"].as_array().unwrap();
+    assert!(
+        keys.iter()
+            .all(|k| k["use"] != "x509-svid" && k.get("x5c").is_none()),
+        "{empty}"
+    );
+    server
+        .switches(json!({"trustBundle": "regressed"}))
+        .unwrap();
+    let regressed = fetch();
+    assert!(regressed["spiffe_sequence"].as_u64() < bundle["spiffe_sequence"].as_u64());
+    assert_eq!(regressed["keys"][0]["x5c"][0], x5c);
 }

@@ -3,13 +3,22 @@
 
 pub mod source;
 pub mod spiffe;
+pub mod trust;
+
+use std::path::Path;
 
 use crate::config::MargoConfig;
 use crate::wos::{Renewal, Shape, Wos};
 use crate::{Error, Result};
 
-/// The API client the configuration describes, presenting the device's SVID.
-pub fn client(config: &MargoConfig, device_id: &str) -> Result<Wos> {
+/// The API client the configuration describes, presenting the device's SVID, and what keeps
+/// its trust bundle current when it is fetched. `stored_bundle` is where a fetched bundle is
+/// kept.
+pub fn client(
+    config: &MargoConfig,
+    device_id: &str,
+    stored_bundle: &Path,
+) -> Result<(Wos, Option<trust::TrustBundle>)> {
     let missing = |key: &str| {
         Error::Common(woa_common::Error::Config(format!(
             "margo.{key} is required with source = \"margo\""
@@ -22,32 +31,51 @@ pub fn client(config: &MargoConfig, device_id: &str) -> Result<Wos> {
         .as_deref()
         .ok_or_else(|| missing("svid_key"))?;
     let bundle = (config.trust_bundle.as_deref()).ok_or_else(|| missing("trust_bundle"))?;
-    let (_, id) = spiffe::client_config(bundle, svid, key, config.tls12)?;
-    tracing::info!(spiffe_id = %id.id, fleet_manager = %id.server, %url, "Margo API client");
-    let (bundle, svid, key, tls12) = (
-        bundle.to_owned(),
+    let id = spiffe::client_id(svid)?;
+    let (svid, key, bundle, stored, tls12, domain) = (
         svid.to_owned(),
         key.to_owned(),
+        bundle.to_owned(),
+        stored_bundle.to_owned(),
         config.tls12,
+        id.trust_domain.clone(),
     );
+    let tls = {
+        let (svid, key, bundle, stored) =
+            (svid.clone(), key.clone(), bundle.clone(), stored.clone());
+        move || {
+            let anchors = trust::anchors(&bundle, &stored, &domain)?;
+            spiffe::client_config(anchors, &svid, &key, tls12)
+        }
+    };
+    let (_, first) = tls()?;
+    tracing::info!(spiffe_id = %first.id, fleet_manager = %first.server, %url, "Margo API client");
     // A renewed SVID must name the same client: the fleet manager it may speak to follows
     // from it, and a device does not change fleet managers by a file appearing.
     let renewal = Renewal::new(
-        vec![svid.clone(), key.clone(), bundle.clone()],
+        vec![svid.clone(), key.clone(), bundle.clone(), stored.clone()],
         Box::new(move || {
-            let (tls, renewed) = spiffe::client_config(&bundle, &svid, &key, tls12)?;
-            if renewed != id {
+            let (config, renewed) = tls()?;
+            if renewed != first {
                 return Err(Error::Common(woa_common::Error::Tls(format!(
                     "{}: the renewed SVID is {}, not {}",
                     svid.display(),
                     renewed.id,
-                    id.id
+                    first.id
                 ))));
             }
-            Ok(tls)
+            Ok(config)
         }),
     );
-    Ok(Wos::renewing(url, renewal)?.speaking(Shape::Devices {
+    let api = Wos::renewing(url, renewal)?.speaking(Shape::Devices {
         device_id: device_id.to_owned(),
-    }))
+    });
+    let source = match (&config.trust_bundle_url, config.fetch_trust_bundle) {
+        (Some(url), _) => Some(trust::BundleSource::Url(url.clone())),
+        (None, true) => Some(trust::BundleSource::Discover),
+        (None, false) => None,
+    };
+    let trust =
+        source.map(|source| trust::TrustBundle::new(bundle, stored, id.trust_domain, source));
+    Ok((api, trust))
 }

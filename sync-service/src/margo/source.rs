@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use woa_common::store::{load_json, save_json};
 use woa_proto::v1 as pb;
 
+use super::trust::TrustBundle;
 use crate::pull::{DesiredStateSource, ERR_INVALID_DESIRED_STATE};
 use crate::wos::Wos;
 use crate::{Error, Result};
@@ -61,11 +62,14 @@ pub struct MargoSource {
     pending: Option<Adopted>,
     /// Documents of the last manifest, by digest: a new manifest fetches only what changed.
     documents: BTreeMap<String, Vec<u8>>,
+    /// Keeps the anchors current, when they are fetched.
+    trust: Option<TrustBundle>,
 }
 
 impl MargoSource {
-    /// A source reading from `api`, remembering what it adopted in `state_path`.
-    pub fn new(api: Wos, state_path: PathBuf) -> Result<Self> {
+    /// A source reading from `api`, remembering what it adopted in `state_path`, fetching
+    /// the trust bundle with `trust` when it is due.
+    pub fn new(api: Wos, state_path: PathBuf, trust: Option<TrustBundle>) -> Result<Self> {
         let adopted = load_json(&state_path)?.unwrap_or_default();
         Ok(Self {
             api,
@@ -73,6 +77,7 @@ impl MargoSource {
             adopted,
             pending: None,
             documents: BTreeMap::new(),
+            trust,
         })
     }
 
@@ -136,6 +141,9 @@ impl DesiredStateSource for MargoSource {
     }
 
     async fn fetch(&mut self, known: Option<&str>) -> Result<Option<pb::ApplyDesiredStateRequest>> {
+        if let Some(trust) = &mut self.trust {
+            trust.refresh_if_due(&self.api).await;
+        }
         let adopted = self.adopted.manifest_version.to_string();
         // The deployment service has what was adopted: only a changed manifest matters.
         let current = known == Some(adopted.as_str());

@@ -71,31 +71,34 @@ impl ClientId {
     }
 }
 
-/// The TLS client of the Margo API: presents the SVID in `cert`/`key`, trusts only the
-/// anchors in `bundle`, and accepts only a server whose SVID is the fleet manager's SPIFFE ID.
+/// The identity the SVID in `cert` gives the device.
+pub fn client_id(cert: &Path) -> Result<ClientId> {
+    let chain = certificates(cert)?;
+    spiffe_id(&chain[0])
+        .and_then(|id| ClientId::parse(&id))
+        .map_err(|e| tls(format!("{}: {e}", cert.display())))
+}
+
+/// The TLS client of the Margo API: presents the SVID in `cert`/`key`, trusts only
+/// `anchors`, and accepts only a server whose SVID is the fleet manager's SPIFFE ID.
 /// TLS 1.3 unless `tls12`; no session resumption, so a renewed or replaced identity never
 /// rides on a session of the one before.
 pub fn client_config(
-    bundle: &Path,
+    anchors: Vec<CertificateDer<'static>>,
     cert: &Path,
     key: &Path,
     tls12: bool,
 ) -> Result<(rustls::ClientConfig, ClientId)> {
+    let client = client_id(cert)?;
     let chain = certificates(cert)?;
-    let tls = |message: String| Error::Common(woa_common::Error::Tls(message));
-    let client = spiffe_id(&chain[0])
-        .and_then(|id| ClientId::parse(&id))
-        .map_err(|e| tls(format!("{}: {e}", cert.display())))?;
     let mut roots = RootCertStore::empty();
-    for anchor in certificates(bundle)? {
-        roots
-            .add(anchor)
-            .map_err(|e| tls(format!("{}: {e}", bundle.display())))?;
+    for anchor in anchors {
+        (roots.add(anchor)).map_err(|e| tls(format!("trust anchor: {e}")))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
-        .map_err(|e| tls(format!("{}: {e}", bundle.display())))?;
+        .map_err(|e| tls(format!("trust anchors: {e}")))?;
     let versions: &[&rustls::SupportedProtocolVersion] = if tls12 {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     } else {
@@ -114,6 +117,10 @@ pub fn client_config(
     config.resumption = Resumption::disabled();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok((config, client))
+}
+
+fn tls(message: String) -> Error {
+    Error::Common(woa_common::Error::Tls(message))
 }
 
 /// Verifies the chain to the trust bundle as WebPKI does, then the SPIFFE ID in place of a

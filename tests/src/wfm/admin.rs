@@ -179,10 +179,12 @@ fn apply(switches: &mut Switches, patch: serde_json::Map<String, Value>) -> Resu
             "unavailable" => switches.unavailable = parse(&name, value)?,
             "retired" => switches.retired = parse(&name, value)?,
             "serverIdentity" => switches.server_identity = parse(&name, value)?,
+            "trustBundle" => switches.trust_bundle = parse(&name, value)?,
+            "refreshHint" => switches.refresh_hint = parse(&name, value)?,
             _ => {
                 return Err(format!(
                     "unknown switch {name:?} (wrongDigest, unknownAlgorithm, version, \
-                     unavailable, retired, serverIdentity)"
+                     unavailable, retired, serverIdentity, trustBundle, refreshHint)"
                 ));
             }
         }

@@ -10,7 +10,10 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
 
-use super::{BUNDLE_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, Peer, Wfm, json_response, lock, problem};
+use super::{
+    BUNDLE_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, Peer, TrustBundleSwitch, Wfm, json_response, lock,
+    problem,
+};
 
 /// How often a device should fetch the trust bundle again, in seconds.
 const REFRESH_HINT: u64 = 3600;
@@ -166,8 +169,9 @@ pub(crate) async fn well_known(State(wfm): State<Arc<Wfm>>, headers: HeaderMap) 
 }
 
 /// `GET /trust-bundle` (also `/.well-known/spiffe/bundle.json`): the SPIFFE bundle, a JWK Set
-/// holding the CA as its `x509-svid` authority.
+/// holding the CA as its `x509-svid` authority, or what the `trustBundle` switch says.
 pub(crate) async fn trust_bundle(State(wfm): State<Arc<Wfm>>) -> Response<Body> {
+    let switches = lock(&wfm.switches).clone();
     let x5c: Vec<String> = CertificateDer::pem_slice_iter(wfm.pki.ca_pem().as_bytes())
         .filter_map(Result::ok)
         .map(|der| crate::util::base64(&der))
@@ -178,19 +182,30 @@ pub(crate) async fn trust_bundle(State(wfm): State<Arc<Wfm>>) -> Response<Body> 
         Some((4, xy)) if xy.len() == 64 => xy.split_at(32),
         _ => (&[][..], &[][..]),
     };
+    let mut key = json!({
+        "kty": "EC",
+        "crv": "P-256",
+        "x": base64url(x),
+        "y": base64url(y),
+        "use": "x509-svid",
+        "x5c": x5c,
+    });
+    let sequence = match switches.trust_bundle {
+        TrustBundleSwitch::Good => 2,
+        TrustBundleSwitch::Regressed => 1,
+        TrustBundleSwitch::Empty => {
+            // The same key as a JWT signer only: a bundle with no X.509 anchor.
+            key["use"] = "jwt-svid".into();
+            key.as_object_mut().map(|k| k.remove("x5c"));
+            3
+        }
+    };
     json_response(
         StatusCode::OK,
         &json!({
-            "spiffe_sequence": 1,
-            "spiffe_refresh_hint": REFRESH_HINT,
-            "keys": [{
-                "kty": "EC",
-                "crv": "P-256",
-                "x": base64url(x),
-                "y": base64url(y),
-                "use": "x509-svid",
-                "x5c": x5c,
-            }],
+            "spiffe_sequence": sequence,
+            "spiffe_refresh_hint": switches.refresh_hint.unwrap_or(REFRESH_HINT),
+            "keys": [key],
         }),
     )
 }

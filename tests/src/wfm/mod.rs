@@ -367,6 +367,23 @@ pub(crate) struct Switches {
     retired: bool,
     /// The certificate presented in new handshakes.
     server_identity: pki::ServerIdentity,
+    /// What the SPIFFE bundle endpoint serves.
+    trust_bundle: TrustBundleSwitch,
+    /// The bundle's `spiffe_refresh_hint`, in seconds (3600 when unset).
+    refresh_hint: Option<u64>,
+}
+
+/// The SPIFFE bundle served (`trustBundle` switch).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum TrustBundleSwitch {
+    /// The CA as the `x509-svid` authority, `spiffe_sequence` 2.
+    #[default]
+    Good,
+    /// Only a `jwt-svid` key: no X.509 anchor at all (sequence 3).
+    Empty,
+    /// The good bundle at `spiffe_sequence` 1, below the one served before.
+    Regressed,
 }
 
 impl Switches {
