@@ -28,6 +28,8 @@ pub enum Error {
         message: String,
         /// How long the WOS asked us to wait (`Retry-After`).
         retry_after: Option<Duration>,
+        /// Whether the problem (RFC 9457, Margo's `retryable`) says trying again may succeed.
+        retryable: Option<bool>,
     },
     /// A desired-state manifest that must not be used (digest, version, shape); nothing of
     /// it is handed over.
@@ -52,11 +54,16 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// Whether trying the same request later can succeed. Only a WOS that refuses the content
-    /// itself (400, 413, 422) will refuse it again; 401/403/404 happen during certificate
-    /// rotation or maintenance, and everything else is network trouble or the server's.
+    /// Whether trying the same request later can succeed. A problem that says so is believed;
+    /// otherwise only a WOS that refuses the content itself (400, 413, 422) will refuse it
+    /// again; 401/403/404 happen during certificate rotation or maintenance, and everything
+    /// else is network trouble or the server's.
     pub fn is_transient(&self) -> bool {
         match self {
+            Error::Wos {
+                retryable: Some(retryable),
+                ..
+            } => *retryable,
             Error::Wos {
                 status: Some(400 | 413 | 422),
                 ..
@@ -67,6 +74,18 @@ impl Error {
             | Error::Manifest { .. } => true,
             Error::Common(_) | Error::NotEnrolled(_) | Error::Enrollment(_) => false,
         }
+    }
+
+    /// Whether the WOS does not authorize this device now (403; in the Margo API, e.g. a
+    /// retired client): asking again before the next regular poll only adds load.
+    pub fn is_forbidden(&self) -> bool {
+        matches!(
+            self,
+            Error::Wos {
+                status: Some(403),
+                ..
+            }
+        )
     }
 
     /// The wait the WOS or the repository asked for (`Retry-After`), if any.

@@ -104,7 +104,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
                 deployer: deployer.clone(),
                 states: states_rx.clone(),
                 problems: problems_rx.clone(),
-                last_poll: last_poll_rx,
+                last_poll: last_poll_rx.clone(),
                 schedule: schedule.clone(),
             });
             let source = Source::Git(pull::GitSource {
@@ -131,6 +131,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         states: states_rx.clone(),
         schedule: schedule.clone(),
         problems: problems_rx,
+        last_poll: last_poll_rx,
     });
     let puller = pull::Puller {
         source,

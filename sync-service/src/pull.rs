@@ -190,10 +190,16 @@ impl<S: DesiredStateSource> Puller<S> {
                 }
                 Err(e) => {
                     self.report(&e, now, &mut repository, &mut deployment_service);
-                    // A repository that answered 503/429 with Retry-After is polled when it
-                    // asked, like the WOS API; otherwise the backoff, which never comes
-                    // sooner than the poll interval once grown to it.
-                    retry::delay(e.retry_after(), &mut backoff)
+                    if e.is_forbidden() || !e.is_transient() {
+                        // Told not to ask again, or not authorized (a retired client): the
+                        // next regular poll, not a quick retry.
+                        self.interval + crate::jitter(self.jitter)
+                    } else {
+                        // A repository that answered 503/429 with Retry-After is polled when
+                        // it asked, like the WOS API; otherwise the backoff, which never
+                        // comes sooner than the poll interval once grown to it.
+                        retry::delay(e.retry_after(), &mut backoff)
+                    }
                 }
             };
         }

@@ -81,6 +81,16 @@ pub struct Reporter {
     pub schedule: Arc<Schedule>,
     /// The pull loop's current problem, added to statuses so the WOS sees it.
     pub problems: watch::Receiver<Option<PullProblem>>,
+    /// When the pull loop last polled successfully: the end of a wait for authorization.
+    pub last_poll: watch::Receiver<Option<Timestamp>>,
+}
+
+/// Why delivery stopped.
+enum Stopped {
+    /// A transient failure: try again after the wait the WOS asked for, or the backoff's.
+    Retry(Option<Duration>),
+    /// The WOS does not authorize the device (403): nothing is sent until a poll succeeds.
+    UntilPoll,
 }
 
 impl Reporter {
@@ -97,6 +107,7 @@ impl Reporter {
         let mut backoff = Backoff::new(Duration::from_secs(1), self.retry_cap);
         let mut outage = Outage::new(Severity::Warn, WOS_MESSAGES);
         let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut until_poll = false;
         loop {
             let mut full = false;
             tokio::select! {
@@ -111,6 +122,12 @@ impl Reporter {
                         break;
                     }
                 }
+                changed = self.last_poll.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    until_poll = false;
+                }
                 _ = heartbeat.tick() => full = true,
                 _ = capabilities_check.tick() => self.refresh_capabilities(&mut outbox).await,
                 () = sleep_until(retry_at) => {}
@@ -120,7 +137,7 @@ impl Reporter {
             persist(&self.outbox_path, &outbox, &mut saved);
             // Inside a wait the WOS asked for (or a backoff), nothing is sent; the outbox
             // keeps collecting and is delivered when the wait is over.
-            let waiting = retry_at.is_some_and(|at| at > tokio::time::Instant::now());
+            let waiting = until_poll || retry_at.is_some_and(|at| at > tokio::time::Instant::now());
             if !waiting {
                 let delivered = tokio::select! {
                     delivered = self.deliver(&mut outbox, &mut outage) => delivered,
@@ -131,9 +148,13 @@ impl Reporter {
                         backoff.reset();
                         None
                     }
-                    Err(asked) => {
+                    Err(Stopped::Retry(asked)) => {
                         let wait = retry::delay(asked, &mut backoff);
                         tokio::time::Instant::now().checked_add(wait)
+                    }
+                    Err(Stopped::UntilPoll) => {
+                        until_poll = true;
+                        None
                     }
                 };
                 persist(&self.outbox_path, &outbox, &mut saved);
@@ -211,14 +232,12 @@ impl Reporter {
 
     /// Sends what the outbox holds, oldest first, stopping at the first transient failure.
     /// `Err` carries the wait the WOS asked for, if any.
-    async fn deliver(
-        &self,
-        outbox: &mut Outbox,
-        outage: &mut Outage,
-    ) -> Result<(), Option<Duration>> {
+    async fn deliver(&self, outbox: &mut Outbox, outage: &mut Outage) -> Result<(), Stopped> {
         let now = Timestamp::now();
         if self.schedule.in_downtime(now) {
-            return Err(Some(self.retry_cap.min(Duration::from_secs(60))));
+            return Err(Stopped::Retry(Some(
+                self.retry_cap.min(Duration::from_secs(60)),
+            )));
         }
         if let Some(capabilities) = outbox.capabilities.clone() {
             match self.wos.put_capabilities(capabilities.as_bytes()).await {
@@ -256,14 +275,15 @@ impl Reporter {
     }
 }
 
-/// A transient failure stops delivery for now (logged by the rule of [`Outage`]); a refusal of
-/// the content drops the item (the WOS will refuse it again) after saying so, and shows that
-/// the WOS answers.
-fn failed(
-    e: &Error,
-    outage: &mut Outage,
-    drop_item: impl FnOnce(),
-) -> Result<(), Option<Duration>> {
+/// A transient failure stops delivery for now (logged by the rule of [`Outage`]), and so does
+/// a WOS that does not authorize the device, until a poll succeeds again; a refusal of the
+/// content drops the item (the WOS will refuse it again) after saying so, and shows that the
+/// WOS answers.
+fn failed(e: &Error, outage: &mut Outage, drop_item: impl FnOnce()) -> Result<(), Stopped> {
+    if e.is_forbidden() {
+        outage.failed("HTTP 403", e);
+        return Err(Stopped::UntilPoll);
+    }
     if e.is_transient() {
         // The kind of failure, not the request: one outage over many deployments is one.
         let key = match e {
@@ -275,7 +295,7 @@ fn failed(
             other => other.to_string(),
         };
         outage.failed(&key, e);
-        return Err(e.retry_after());
+        return Err(Stopped::Retry(e.retry_after()));
     }
     outage.recovered();
     tracing::error!(error = %e, "the WOS refused a report; dropped");

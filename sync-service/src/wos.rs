@@ -77,6 +77,7 @@ fn http_client(tls: rustls::ClientConfig) -> Result<reqwest::Client> {
             status: None,
             message: e.to_string(),
             retry_after: None,
+            retryable: None,
         })
 }
 
@@ -169,6 +170,9 @@ struct Problem {
     title: Option<String>,
     #[serde(default)]
     detail: Option<String>,
+    /// Margo's extension: whether the client may retry.
+    #[serde(default)]
+    retryable: Option<bool>,
 }
 
 impl Wos {
@@ -248,6 +252,7 @@ impl Wos {
             status: None,
             message: format!("unexpected answer: {e}"),
             retry_after: None,
+            retryable: None,
         })
     }
 
@@ -309,6 +314,7 @@ impl Wos {
                 status: None,
                 message: woa_common::chain(&e),
                 retry_after: None,
+                retryable: None,
             })?;
         answer(response, operation, ANSWER_LIMIT).await
     }
@@ -321,11 +327,12 @@ pub(crate) async fn answer(
     operation: &str,
     limit: usize,
 ) -> Result<Vec<u8>> {
-    let failed = |status: Option<u16>, message: String, retry_after| Error::Wos {
+    let failed = |status: Option<u16>, message: String, retry_after, retryable| Error::Wos {
         operation: operation.to_owned(),
         status,
         message,
         retry_after,
+        retryable,
     };
     let status = response.status();
     let retry_after = crate::retry::retry_after(status, response.headers());
@@ -334,24 +341,27 @@ pub(crate) async fn answer(
             Some(status.as_u16()),
             format!("answer larger than {limit} bytes"),
             None,
+            None,
         ));
     }
     let bytes = response
         .bytes()
         .await
-        .map_err(|e| failed(Some(status.as_u16()), woa_common::chain(&e), None))?;
+        .map_err(|e| failed(Some(status.as_u16()), woa_common::chain(&e), None, None))?;
     if bytes.len() > limit {
         return Err(failed(
             Some(status.as_u16()),
             format!("answer larger than {limit} bytes"),
+            None,
             None,
         ));
     }
     if status.is_success() {
         return Ok(bytes.to_vec());
     }
-    let detail = serde_json::from_slice::<Problem>(&bytes)
-        .ok()
+    let problem = serde_json::from_slice::<Problem>(&bytes).ok();
+    let retryable = problem.as_ref().and_then(|p| p.retryable);
+    let detail = problem
         .and_then(|p| p.detail.or(p.title))
         .unwrap_or_else(|| {
             status
@@ -363,6 +373,7 @@ pub(crate) async fn answer(
         Some(status.as_u16()),
         format!("HTTP {}: {detail}", status.as_u16()),
         retry_after,
+        retryable,
     ))
 }
 

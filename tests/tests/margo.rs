@@ -217,6 +217,29 @@ fn a_manifest_that_does_not_verify_changes_nothing_that_runs() -> Result<()> {
     let version = device.offer(&id, &two)?;
     device.wait_status(&id, "installed", version)?;
     wait_answer(&id, "two")?;
+
+    // A retired client: a refused status is not asked again until a poll goes through, and
+    // the polls keep their pace; the app runs on.
+    device.wfm.switches(json!({"retired": true}))?;
+    device.wfm.clear_requests()?;
+    let status_path = format!("{PREFIX}/api/v1/deployments/{id}/status");
+    let refused_statuses = || -> Result<usize> {
+        Ok((device.wfm.requests()?.iter())
+            .filter(|r| r["path"] == status_path.as_str() && r["status"] == 403)
+            .count())
+    };
+    // The poll's problem changes the status, which is posted and refused.
+    wait_until(Duration::from_secs(30), || Ok(refused_statuses()? > 0))
+        .with_context(|| device.sync.log())?;
+    std::thread::sleep(Duration::from_secs(12));
+    ensure!(refused_statuses()? == 1, "{:?}", device.wfm.requests()?);
+    keeps_answering(&id, "two", Duration::from_secs(1))?;
+    device.wfm.switches(json!({"retired": false}))?;
+    wait_until(Duration::from_secs(30), || {
+        Ok((device.wfm.requests()?.iter())
+            .any(|r| r["path"] == status_path.as_str() && r["status"].as_u64() < Some(300)))
+    })
+    .with_context(|| device.sync.log())?;
     Ok(())
 }
 

@@ -252,6 +252,7 @@ fn http_error(operation: &str, e: &reqwest::Error) -> Error {
         status: None,
         message: woa_common::chain(e),
         retry_after: None,
+        retryable: None,
     }
 }
 

@@ -174,6 +174,7 @@ async fn get(api: &Wos, file: &Path, url: &str, operation: &str) -> Result<Vec<u
         status: None,
         message: woa_common::chain(&e),
         retry_after: None,
+        retryable: None,
     })?;
     crate::wos::answer(response, operation, LIMIT).await
 }
