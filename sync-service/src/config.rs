@@ -74,6 +74,20 @@ pub struct MargoConfig {
     pub trust_bundle_url: Option<String>,
     /// Also allow TLS 1.2 (TLS 1.3 only by default).
     pub tls12: bool,
+    /// Which paths the fleet manager serves.
+    pub paths: MargoPaths,
+}
+
+/// The paths of a Margo API version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MargoPaths {
+    /// rc.3: `/api/v1/deployments`, `/api/v1/capabilities/{deviceId}`; the caller is its SVID.
+    #[default]
+    Devices,
+    /// 1.0.0: `/api/v1/clients/{clientId}/…`, the client id of the SVID, and the capabilities
+    /// and statuses in their `apiVersion`/`kind` form.
+    Clients,
 }
 
 /// Where the WOS is and which CA vouches for it.

@@ -209,6 +209,14 @@ impl Wos {
         &self.base
     }
 
+    /// The path of the desired-state manifest (Margo API).
+    pub(crate) fn manifest_path(&self) -> String {
+        match &self.shape {
+            Shape::Clients { client_id } => format!("/api/v1/clients/{client_id}/deployments"),
+            Shape::Devices { .. } => "/api/v1/deployments".to_owned(),
+        }
+    }
+
     /// The same client, speaking `shape`.
     pub fn speaking(self, shape: Shape) -> Self {
         Self { shape, ..self }

@@ -26,11 +26,20 @@ struct Device {
     sync: Sync,
 }
 
+/// How the device is set up to speak to the fleet manager.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Setup {
+    /// rc.3 with the trust bundle as a file.
+    Rc3,
+    /// The device starts trusting the trust domain's CA and a stranger's (the bootstrap
+    /// anchors), and fetches the trust domain's bundle, which names only the former.
+    FetchedBundle,
+    /// The `/api/v1/clients/{clientId}/…` paths of 1.0.0.
+    ClientsPaths,
+}
+
 impl Device {
-    /// With `fetch_bundle`, the device starts trusting the trust domain's CA and a stranger's
-    /// (the bootstrap anchors), and fetches the trust domain's bundle, which names only the
-    /// former.
-    fn start(server_identity: &str, fetch_bundle: bool) -> Result<Device> {
+    fn start(server_identity: &str, setup: Setup) -> Result<Device> {
         let registry = Registry::start()?;
         let deploy = Deploy::start_with(&DeployOptions {
             registries: vec![registry.login()],
@@ -44,7 +53,7 @@ impl Device {
         wfm.switches(json!({"serverIdentity": server_identity}))?;
         let q = |p: std::path::PathBuf| Value::from(p.display().to_string());
         let mut trust = format!("trust_bundle = {}\n", q(wfm.ca_pem()));
-        if fetch_bundle {
+        if setup == Setup::FetchedBundle {
             let bootstrap = wfm.dir().join("bootstrap.pem");
             let stranger = std::fs::read_to_string(wfm.dir().join("untrusted-ca.pem"))?;
             std::fs::write(
@@ -55,6 +64,9 @@ impl Device {
                 "trust_bundle = {}\nfetch_trust_bundle = true\n",
                 q(bootstrap)
             );
+        }
+        if setup == Setup::ClientsPaths {
+            trust.push_str("paths = \"clients\"\n");
         }
         let sync = Sync::new(
             &deploy,
@@ -79,7 +91,7 @@ impl Device {
 
     /// A device running `id` at manifest version 1, answering "one", through the API.
     fn running(id: &str) -> Result<Device> {
-        let mut device = Device::start("good", false)?;
+        let mut device = Device::start("good", Setup::Rc3)?;
         let one = device.push(id, "1.0.0", "one")?;
         let version = device.offer(id, &one)?;
         device.sync.start()?;
@@ -246,7 +258,7 @@ fn a_manifest_that_does_not_verify_changes_nothing_that_runs() -> Result<()> {
 #[test]
 fn only_the_fleet_manager_is_spoken_to_and_a_renewed_svid_is_used_without_a_restart() -> Result<()>
 {
-    let mut device = Device::start("other-id", false)?;
+    let mut device = Device::start("other-id", Setup::ClientsPaths)?;
     device.sync.start()?;
     for identity in ["other-id", "untrusted", "expired"] {
         device.wfm.switches(json!({"serverIdentity": identity}))?;
@@ -264,12 +276,11 @@ fn only_the_fleet_manager_is_spoken_to_and_a_renewed_svid_is_used_without_a_rest
         device.sync.log()
     );
     device.wfm.switches(json!({"serverIdentity": "good"}))?;
+    // On the paths of 1.0.0, in its form.
+    let client = device.wfm.client_id().to_owned();
     wait_until(Duration::from_secs(60), || {
-        Ok(device
-            .wfm
-            .capabilities()?
-            .as_object()
-            .is_some_and(|c| !c.is_empty()))
+        let capabilities = device.wfm.capabilities()?;
+        Ok(capabilities[&client]["kind"] == "DeviceCapabilitiesManifest")
     })
     .with_context(|| device.sync.log())?;
 
@@ -292,7 +303,10 @@ fn only_the_fleet_manager_is_spoken_to_and_a_renewed_svid_is_used_without_a_rest
         .switches(json!({"unavailable": {"retryAfter": 3}}))?;
     device.wfm.clear_requests()?;
     std::thread::sleep(Duration::from_secs(8));
-    let manifest = format!("{PREFIX}/api/v1/deployments");
+    let manifest = format!(
+        "{PREFIX}/api/v1/clients/{}/deployments",
+        device.wfm.client_id()
+    );
     let polls: Vec<Value> = (device.wfm.requests()?.into_iter())
         .filter(|r| r["path"] == manifest.as_str())
         .collect();
@@ -313,7 +327,7 @@ fn only_the_fleet_manager_is_spoken_to_and_a_renewed_svid_is_used_without_a_rest
 
 #[test]
 fn a_fetched_trust_bundle_replaces_the_anchors_and_never_goes_back() -> Result<()> {
-    let mut device = Device::start("good", true)?;
+    let mut device = Device::start("good", Setup::FetchedBundle)?;
     device.wfm.switches(json!({"refreshHint": 1}))?;
     device.sync.start()?;
     let stored = device.sync.state_dir().join("margo-trust-bundle.json");

@@ -7,7 +7,7 @@ pub mod trust;
 
 use std::path::Path;
 
-use crate::config::MargoConfig;
+use crate::config::{MargoConfig, MargoPaths};
 use crate::wos::{Renewal, Shape, Wos};
 use crate::{Error, Result};
 
@@ -67,9 +67,15 @@ pub fn client(
             Ok(config)
         }),
     );
-    let api = Wos::renewing(url, renewal)?.speaking(Shape::Devices {
-        device_id: device_id.to_owned(),
-    });
+    let shape = match config.paths {
+        MargoPaths::Devices => Shape::Devices {
+            device_id: device_id.to_owned(),
+        },
+        MargoPaths::Clients => Shape::Clients {
+            client_id: id.client.clone(),
+        },
+    };
+    let api = Wos::renewing(url, renewal)?.speaking(shape);
     let source = match (&config.trust_bundle_url, config.fetch_trust_bundle) {
         (Some(url), _) => Some(trust::BundleSource::Url(url.clone())),
         (None, true) => Some(trust::BundleSource::Discover),

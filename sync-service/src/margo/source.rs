@@ -85,7 +85,7 @@ impl MargoSource {
     async fn manifest(&self, etag: Option<&str>) -> Result<Option<(String, Vec<u8>)>> {
         let (client, base) = self.api.http();
         let mut request = client
-            .get(format!("{base}/api/v1/deployments"))
+            .get(format!("{base}{}", self.api.manifest_path()))
             .header(ACCEPT, MANIFEST_TYPE);
         if let Some(etag) = etag {
             request = request.header(IF_NONE_MATCH, etag);

@@ -25,7 +25,11 @@ pub(crate) async fn capabilities(
     Path(device_id): Path<String>,
     body: Bytes,
 ) -> Response<Body> {
-    let value: Value = match serde_json::from_slice(&body) {
+    record_capabilities(&wfm, &peer, device_id, &body)
+}
+
+fn record_capabilities(wfm: &Wfm, peer: &Peer, device_id: String, body: &Bytes) -> Response<Body> {
+    let value: Value = match serde_json::from_slice(body) {
         Ok(value) => value,
         Err(err) => return invalid(format!("the body is not JSON: {err}")),
     };
@@ -125,7 +129,18 @@ pub(crate) async fn status(
     Path(deployment_id): Path<String>,
     body: Bytes,
 ) -> Response<Body> {
-    let value: Value = match serde_json::from_slice(&body) {
+    record_status(&wfm, &peer, deployment_id, &body, true)
+}
+
+/// Records a status; rc.3's carries the manifest version it refers to (`rc3`).
+fn record_status(
+    wfm: &Wfm,
+    peer: &Peer,
+    deployment_id: String,
+    body: &Bytes,
+    rc3: bool,
+) -> Response<Body> {
+    let value: Value = match serde_json::from_slice(body) {
         Ok(value) => value,
         Err(err) => return invalid(format!("the body is not JSON: {err}")),
     };
@@ -138,9 +153,10 @@ pub(crate) async fn status(
         }
         None => return invalid("the body has no deploymentId"),
     }
-    if !value
-        .get("adoptedManifestVersion")
-        .is_some_and(Value::is_number)
+    if rc3
+        && !value
+            .get("adoptedManifestVersion")
+            .is_some_and(Value::is_number)
     {
         return invalid("the body has no numeric adoptedManifestVersion");
     }
@@ -329,5 +345,71 @@ mod tests {
     #[test]
     fn base64url_has_no_padding_or_url_unsafe_characters() {
         assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
+    }
+}
+
+/// The paths of 1.0.0 and rc.2, `/api/v1/clients/{clientId}/…`: the same resources, for the
+/// client the SVID names only.
+pub(crate) mod clients {
+    use super::*;
+
+    /// 403 unless `client_id` is the caller's.
+    fn other_client(peer: &Peer, client_id: &str) -> Option<Response<Body>> {
+        (peer.client_id.as_deref() != Some(client_id)).then(|| {
+            problem(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("the path names client {client_id:?}, the SVID another"),
+                Some(false),
+            )
+        })
+    }
+
+    /// `PUT` (or `POST`) `/api/v1/clients/{clientId}/capabilities`
+    pub(crate) async fn capabilities(
+        State(wfm): State<Arc<Wfm>>,
+        Extension(peer): Extension<Peer>,
+        Path(client_id): Path<String>,
+        body: Bytes,
+    ) -> Response<Body> {
+        other_client(&peer, &client_id)
+            .unwrap_or_else(|| record_capabilities(&wfm, &peer, client_id, &body))
+    }
+
+    /// `GET /api/v1/clients/{clientId}/deployments`
+    pub(crate) async fn manifest(
+        State(wfm): State<Arc<Wfm>>,
+        Extension(peer): Extension<Peer>,
+        Path(client_id): Path<String>,
+        headers: HeaderMap,
+    ) -> Response<Body> {
+        match other_client(&peer, &client_id) {
+            Some(refused) => refused,
+            None => super::manifest(State(wfm), headers).await,
+        }
+    }
+
+    /// `GET /api/v1/clients/{clientId}/deployments/{deploymentId}/{digest}`
+    pub(crate) async fn document(
+        State(wfm): State<Arc<Wfm>>,
+        Extension(peer): Extension<Peer>,
+        Path((client_id, deployment_id, digest)): Path<(String, String, String)>,
+        headers: HeaderMap,
+    ) -> Response<Body> {
+        match other_client(&peer, &client_id) {
+            Some(refused) => refused,
+            None => super::document(State(wfm), Path((deployment_id, digest)), headers).await,
+        }
+    }
+
+    /// `POST /api/v1/clients/{clientId}/deployments/{deploymentId}/status`
+    pub(crate) async fn status(
+        State(wfm): State<Arc<Wfm>>,
+        Extension(peer): Extension<Peer>,
+        Path((client_id, deployment_id)): Path<(String, String)>,
+        body: Bytes,
+    ) -> Response<Body> {
+        other_client(&peer, &client_id)
+            .unwrap_or_else(|| record_status(&wfm, &peer, deployment_id, &body, false))
     }
 }

@@ -476,6 +476,23 @@ fn router(wfm: Arc<Wfm>) -> Router {
             post(api::status),
         )
         .route("/api/v1/bundles/{digest}", get(api::bundle))
+        // 1.0.0 and rc.2 name the client in the path; the same resources.
+        .route(
+            "/api/v1/clients/{client_id}/capabilities",
+            put(api::clients::capabilities).post(api::clients::capabilities),
+        )
+        .route(
+            "/api/v1/clients/{client_id}/deployments",
+            get(api::clients::manifest),
+        )
+        .route(
+            "/api/v1/clients/{client_id}/deployments/{deployment_id}/{digest}",
+            get(api::clients::document),
+        )
+        .route(
+            "/api/v1/clients/{client_id}/deployments/{deployment_id}/status",
+            post(api::clients::status),
+        )
         .route("/.well-known/margo", get(api::well_known))
         .route("/trust-bundle", get(api::trust_bundle))
         .route("/.well-known/spiffe/bundle.json", get(api::trust_bundle))
