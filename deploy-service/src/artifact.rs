@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use woa_common::store::{load_json, save_json, write_atomic};
@@ -25,18 +25,33 @@ pub const COMPOSE_MEDIA_TYPE: &str = "application/vnd.org.margo.component.compos
 #[derive(Clone)]
 pub struct Artifacts {
     registries: Arc<BTreeMap<String, Credentials>>,
+    /// CAs trusted besides the system's (DER).
+    ca: Arc<Vec<Vec<u8>>>,
     cache: PathBuf,
     limit: u64,
 }
 
 impl Artifacts {
-    /// Pulls with `registries`' credentials, keeping layers in `cache`, none over `limit` bytes.
-    pub fn new(registries: BTreeMap<String, Credentials>, cache: PathBuf, limit: u64) -> Self {
-        Self {
+    /// Pulls with `registries`' credentials, trusting the CAs in the PEM files `ca` besides
+    /// the system's, keeping layers in `cache`, none over `limit` bytes.
+    pub fn new(
+        registries: BTreeMap<String, Credentials>,
+        ca: &[PathBuf],
+        cache: PathBuf,
+        limit: u64,
+    ) -> crate::Result<Self> {
+        let mut anchors = Vec::new();
+        for file in ca {
+            let certs = woa_common::tls::certificates(file)
+                .map_err(|e| crate::Error::tls("packages.ca", e))?;
+            anchors.extend(certs.into_iter().map(|c| c.to_vec()));
+        }
+        Ok(Self {
             registries: Arc::new(registries),
+            ca: Arc::new(anchors),
             cache,
             limit,
-        }
+        })
     }
 
     /// The layer (tar.gz) of `repository` at `revision`, verified against its digest; from
@@ -68,16 +83,25 @@ impl Artifacts {
     async fn pull(&self, reference: &Reference) -> Result<Vec<u8>, Pulled> {
         let registry = reference.resolve_registry().to_owned();
         let loopback = is_loopback(&registry);
-        let client = Client::new(ClientConfig {
+        let config = ClientConfig {
             protocol: if loopback {
                 ClientProtocol::HttpsExcept(vec![registry.clone()])
             } else {
                 ClientProtocol::Https
             },
+            extra_root_certificates: (self.ca.iter())
+                .map(|der| Certificate {
+                    encoding: CertificateEncoding::Der,
+                    data: der.clone(),
+                })
+                .collect(),
             connect_timeout: Some(std::time::Duration::from_secs(10)),
             read_timeout: Some(std::time::Duration::from_secs(120)),
             ..Default::default()
-        });
+        };
+        // Not `Client::new`, which would fall back to a client without the CAs and timeouts.
+        let client = Client::try_from(config)
+            .map_err(|e| Pulled::Refused(format!("the OCI client for {registry}: {e}")))?;
         let auth = match self.registries.get(&registry).map(Credentials::read) {
             None => RegistryAuth::Anonymous,
             Some(Ok(Secret::Basic { username, password })) => {

@@ -49,8 +49,9 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let fetcher = package::PackageFetcher::new(&config.packages)?.with_artifacts(
         config.registries.clone(),
+        &config.packages.ca,
         config.state_dir.join("artifacts"),
-    );
+    )?;
     let runtime =
         docker::DockerRuntime::connect(config.registries.clone(), &config.instance).await?;
     let bound = server::bind(&config).await?;

@@ -204,14 +204,21 @@ impl PackageFetcher {
         })
     }
 
-    /// The same fetcher, also pulling OCI compose artifacts with `registries`' credentials
-    /// and keeping them in `cache`.
-    pub fn with_artifacts(self, registries: BTreeMap<String, Credentials>, cache: PathBuf) -> Self {
+    /// The same fetcher, also pulling OCI compose artifacts with `registries`' credentials,
+    /// trusting the CAs in `ca` besides the system's (`packages.ca`), and keeping them in
+    /// `cache`.
+    pub fn with_artifacts(
+        self,
+        registries: BTreeMap<String, Credentials>,
+        ca: &[PathBuf],
+        cache: PathBuf,
+    ) -> Result<Self> {
         let limit = self.limits.download_bytes;
-        Self {
-            artifacts: Some(crate::artifact::Artifacts::new(registries, cache, limit)),
+        let artifacts = crate::artifact::Artifacts::new(registries, ca, cache, limit)?;
+        Ok(Self {
+            artifacts: Some(artifacts),
             ..self
-        }
+        })
     }
 
     /// The package in an OCI compose artifact (`oci://host/name` at `revision`).

@@ -30,3 +30,18 @@ impl Pki {
         self.dir.path().join(name)
     }
 }
+
+/// A private CA and a server certificate it signed for `ip` (PEM: CA, certificate, key).
+pub(crate) fn ca_and_server(ip: &str) -> Result<(String, String, String)> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate()?;
+    let mut server = CertificateParams::new(Vec::<String>::new())?;
+    server.subject_alt_names = vec![SanType::IpAddress(ip.parse()?)];
+    let cert = server.signed_by(&key, &issuer)?;
+    Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
+}

@@ -1,6 +1,7 @@
 //! A local OCI registry with htpasswd auth: Debian's `docker-registry` on a free loopback port.
 //!
-//! The engine trusts plain-HTTP registries on 127.0.0.0/8, so no TLS is needed.
+//! The engine trusts plain-HTTP registries on 127.0.0.0/8, so no TLS is needed; one that
+//! must be reached over HTTPS (a private CA) is served on another address of the host.
 
 use std::fs::File;
 use std::io::Write;
@@ -13,7 +14,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
-use crate::util::{free_port, http_get, run, wait_until};
+use crate::util::{free_port, run, wait_until};
 
 const REGISTRY_BINARY: &str = "/usr/bin/docker-registry";
 
@@ -33,15 +34,49 @@ pub struct Registry {
     child: Child,
     dir: TempDir,
     login: RegistryLogin,
+    /// The private CA of an HTTPS registry (PEM).
+    ca: Option<PathBuf>,
 }
 
 impl Registry {
     /// Starts a registry that accepts one user with a random password.
     pub fn start() -> Result<Registry> {
+        Self::start_on("127.0.0.1", false)
+    }
+
+    /// Starts a registry like [`Registry::start`], over HTTPS with a certificate of a private
+    /// CA ([`Registry::ca`]), on one of the host's own addresses that is not loopback, so
+    /// clients must use TLS.
+    pub fn start_tls() -> Result<Registry> {
+        let addresses = run(Command::new("hostname").arg("-I"))?;
+        let ip = (addresses.split_whitespace())
+            .filter_map(|a| a.parse::<std::net::Ipv4Addr>().ok())
+            .find(|ip| !ip.is_loopback())
+            .context("no IPv4 address of this host besides loopback (hostname -I)")?;
+        Self::start_on(&ip.to_string(), true)
+    }
+
+    fn start_on(ip: &str, tls: bool) -> Result<Registry> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
+        let mut tls_config = String::new();
+        let mut ca = None;
+        if tls {
+            let (ca_pem, cert_pem, key_pem) = crate::pki::ca_and_server(ip)?;
+            let file = |name: &str, pem: &str| -> Result<PathBuf> {
+                let path = dir.path().join(name);
+                std::fs::write(&path, pem)?;
+                Ok(path)
+            };
+            ca = Some(file("ca.pem", &ca_pem)?);
+            tls_config = format!(
+                ", tls: {{ certificate: {}, key: {} }}",
+                file("server.pem", &cert_pem)?.display(),
+                file("server.key", &key_pem)?.display()
+            );
+        }
         let login = RegistryLogin {
-            host: format!("127.0.0.1:{port}"),
+            host: format!("{ip}:{port}"),
             username: "tester".to_owned(),
             password: crate::util::new_deployment_id()?,
         };
@@ -53,7 +88,7 @@ impl Registry {
             "version: 0.1\n\
              log: {{ level: warn }}\n\
              storage: {{ filesystem: {{ rootdirectory: {root} }} }}\n\
-             http: {{ addr: \"{addr}\" }}\n\
+             http: {{ addr: \"{addr}\"{tls_config} }}\n\
              auth: {{ htpasswd: {{ realm: woa-tests, path: {htpasswd} }} }}\n",
             root = dir.path().join("data").display(),
             addr = login.host,
@@ -69,16 +104,49 @@ impl Registry {
             .stderr(log)
             .spawn()
             .context("starting docker-registry")?;
-        let mut registry = Registry { child, dir, login };
+        let mut registry = Registry {
+            child,
+            dir,
+            login,
+            ca,
+        };
         // An auth-protected registry answers /v2/ with 401 once it is up.
+        let client = registry.client()?;
+        let base = registry.base();
         let ready = wait_until(Duration::from_secs(20), || {
             if let Some(status) = registry.child.try_wait()? {
                 bail!("docker-registry exited with {status}: {}", registry.log());
             }
-            Ok(http_get(port, "/v2/")?.0 == 401)
+            Ok(client
+                .get(format!("{base}/v2/"))
+                .send()
+                .is_ok_and(|r| r.status() == 401))
         });
         ready.with_context(|| format!("registry did not come up: {}", registry.log()))?;
         Ok(registry)
+    }
+
+    /// The private CA of a registry from [`Registry::start_tls`].
+    pub fn ca(&self) -> Option<&std::path::Path> {
+        self.ca.as_deref()
+    }
+
+    /// `http://host:port`, or `https://` with a private CA.
+    fn base(&self) -> String {
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.login.host)
+    }
+
+    /// A client of this registry, trusting its CA.
+    fn client(&self) -> Result<reqwest::blocking::Client> {
+        // reqwest wants a crypto provider for any client, also one that speaks plain HTTP.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::blocking::Client::builder();
+        if let Some(ca) = &self.ca {
+            builder =
+                builder.add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca)?)?);
+        }
+        Ok(builder.build()?)
     }
 
     /// The credentials this registry accepts.
@@ -138,10 +206,8 @@ impl Registry {
         layer: &[u8],
     ) -> Result<String> {
         const EMPTY: &str = "application/vnd.oci.empty.v1+json";
-        // Plain HTTP, but reqwest wants a crypto provider for any client.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::blocking::Client::new();
-        let base = format!("http://{}/v2/{repository}", self.login.host);
+        let client = self.client()?;
+        let base = format!("{}/v2/{repository}", self.base());
         let auth = |r: reqwest::blocking::RequestBuilder| {
             r.basic_auth(&self.login.username, Some(&self.login.password))
         };
@@ -160,7 +226,7 @@ impl Registry {
             let url = if location.starts_with("http") {
                 location
             } else {
-                format!("http://{}{location}", self.login.host)
+                format!("{}{location}", self.base())
             };
             let separator = if url.contains('?') { '&' } else { '?' };
             let done = auth(client.put(format!("{url}{separator}digest={digest}")))
