@@ -53,8 +53,8 @@ enum MargoCommand {
         new_key: bool,
     },
     /// Check the signed SVID and install it (`[margo] svid`, `state_dir/margo-svid.pem` by
-    /// default), where a running service picks it up; checked against `[margo] trust_bundle`
-    /// when set.
+    /// default), where a running service picks it up; with `[margo] trust_bundle` set, it must
+    /// chain to the anchors in force (that file, or a bundle fetched since).
     Install {
         /// The SVID (PEM chain, leaf first) the signer returned.
         #[arg(long)]
@@ -189,15 +189,15 @@ fn margo(config: &Config, command: MargoCommand) -> woa_sync::Result<()> {
             svid,
             replace_identity,
         } => {
-            let bundle = config.margo.trust_bundle.as_deref();
-            let installed = provision::install(&files, &svid, bundle, replace_identity)?;
+            let anchors = provision::Anchors::new(&config.margo, &config.state_dir);
+            let installed = provision::install(&files, &svid, anchors.as_ref(), replace_identity)?;
             println!(
                 "installed {} at {} (expires {})",
                 installed.id.id,
                 installed.path.display(),
                 installed.not_after
             );
-            if bundle.is_none() {
+            if anchors.is_none() {
                 eprintln!("woa-sync: margo.trust_bundle is not set; the chain was not checked");
             }
         }

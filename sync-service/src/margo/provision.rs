@@ -140,6 +140,28 @@ fn remove_if_present(path: &Path) -> Result<()> {
     }
 }
 
+/// What an installed SVID must chain to: the anchors the service trusts, which are those of
+/// a bundle fetched for the SVID's trust domain (`fetch_trust_bundle`) once there is one, else
+/// the `trust_bundle` file. Checking against the file alone would refuse an SVID from a CA
+/// the fetched bundle rotated to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchors {
+    /// `[margo] trust_bundle`.
+    pub file: PathBuf,
+    /// The fetched bundle kept in the state dir.
+    pub fetched: PathBuf,
+}
+
+impl Anchors {
+    /// The anchors of the configuration; `None` without `[margo] trust_bundle`.
+    pub fn new(config: &MargoConfig, state_dir: &Path) -> Option<Anchors> {
+        Some(Anchors {
+            file: config.trust_bundle.clone()?,
+            fetched: crate::identity::Layout::new(state_dir).margo_trust_bundle(),
+        })
+    }
+}
+
 /// An SVID that [`install`] put in place.
 #[derive(Debug, Clone)]
 pub struct Installed {
@@ -154,12 +176,12 @@ pub struct Installed {
 /// Installs the SVID in `svid` (a PEM chain, leaf first) as the device's, after checking it
 /// is one the service can use: a certificate for the device key (or the key `csr --new-key`
 /// made), naming a device (`spiffe://<td>/margo/wfm/<wfm-id>/client/<id>`), valid now, for
-/// client authentication, chaining to `trust_bundle` when given, and naming the same device
-/// as the SVID installed before unless `replace_identity`.
+/// client authentication, chaining to `anchors` when given, and naming the same device as
+/// the SVID installed before unless `replace_identity`.
 pub fn install(
     files: &SvidFiles,
     svid: &Path,
-    trust_bundle: Option<&Path>,
+    anchors: Option<&Anchors>,
     replace_identity: bool,
 ) -> Result<Installed> {
     let refused = |why: String| Error::Provision(format!("{} refused: {why}", svid.display()));
@@ -219,8 +241,8 @@ pub fn install(
             "not for client authentication (its extended key usage lacks clientAuth)".into(),
         ));
     }
-    if let Some(bundle) = trust_bundle {
-        verify_chain(bundle, &chain, svid)?;
+    if let Some(anchors) = anchors {
+        verify_chain(anchors, &id.trust_domain, &chain, svid)?;
     }
     // A file that names no identity (unreadable, damaged) cannot be in use; it is replaced.
     if let Some(before) = installed_id(&files.svid)
@@ -252,11 +274,17 @@ pub fn install(
 }
 
 /// Checks `chain` (from the file `svid`) as the fleet manager will: a client certificate
-/// chaining to the anchors of `bundle`, valid now and for client authentication.
-fn verify_chain(bundle: &Path, chain: &[CertificateDer<'static>], svid: &Path) -> Result<()> {
-    let unusable = |e: String| Error::Provision(format!("{}: {e}", bundle.display()));
+/// chaining to the anchors in force for `trust_domain`, valid now and for client
+/// authentication.
+fn verify_chain(
+    anchors: &Anchors,
+    trust_domain: &str,
+    chain: &[CertificateDer<'static>],
+    svid: &Path,
+) -> Result<()> {
+    let unusable = |e: String| Error::Provision(format!("{}: {e}", anchors.file.display()));
     let mut roots = rustls::RootCertStore::empty();
-    for anchor in woa_common::tls::certificates(bundle)? {
+    for anchor in super::trust::anchors(&anchors.file, &anchors.fetched, trust_domain)? {
         roots.add(anchor).map_err(|e| unusable(e.to_string()))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -270,9 +298,10 @@ fn verify_chain(bundle: &Path, chain: &[CertificateDer<'static>], svid: &Path) -
         .verify_client_cert(leaf, intermediates, UnixTime::now())
         .map_err(|e| {
             Error::Provision(format!(
-                "{} refused: it does not chain to the trust bundle {} ({e})",
+                "{} refused: it does not chain to the anchors of {trust_domain} ({}, or the \
+                 bundle fetched since) ({e})",
                 svid.display(),
-                bundle.display()
+                anchors.file.display(),
             ))
         })?;
     Ok(())
@@ -304,29 +333,39 @@ mod tests {
         dir: tempfile::TempDir,
         files: SvidFiles,
         ca: Issuer<'static, Key>,
-        bundle: PathBuf,
+        anchors: Anchors,
     }
 
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let files = SvidFiles::new(&MargoConfig::default(), dir.path());
-        let (ca, bundle) = ca(dir.path(), "ca.pem");
+        let (ca, file) = ca(dir.path(), "ca.pem");
+        let config = MargoConfig {
+            trust_bundle: Some(file),
+            ..MargoConfig::default()
+        };
+        let anchors = Anchors::new(&config, dir.path()).unwrap();
         Fixture {
             dir,
             files,
             ca,
-            bundle,
+            anchors,
         }
     }
 
     fn ca(dir: &Path, name: &str) -> (Issuer<'static, Key>, PathBuf) {
+        let (issuer, cert) = ca_cert();
+        let path = dir.join(name);
+        std::fs::write(&path, cert.pem()).unwrap();
+        (issuer, path)
+    }
+
+    fn ca_cert() -> (Issuer<'static, Key>, rcgen::Certificate) {
         let key = Key::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let cert = params.self_signed(&key).unwrap();
-        let path = dir.join(name);
-        std::fs::write(&path, cert.pem()).unwrap();
-        (Issuer::new(params, key), path)
+        (Issuer::new(params, key), cert)
     }
 
     /// An SVID for `key` naming `uri`, as a signer would issue it.
@@ -391,7 +430,7 @@ mod tests {
     /// SVID before is untouched.
     fn refused(fx: &Fixture, svid: &Path, bundle: bool, why: &str) {
         let before = std::fs::read(&fx.files.svid).ok();
-        let bundle = bundle.then_some(fx.bundle.as_path());
+        let bundle = bundle.then_some(&fx.anchors);
         let e = install(&fx.files, svid, bundle, false)
             .unwrap_err()
             .to_string();
@@ -465,7 +504,7 @@ mod tests {
         assert_eq!(key_at(&next).serialize_pem(), new.serialize_pem());
 
         let svid = signed(&fx, &new, DEVICE, |_| {});
-        let installed = install(&fx.files, &svid, Some(&fx.bundle), false).unwrap();
+        let installed = install(&fx.files, &svid, Some(&fx.anchors), false).unwrap();
         assert_eq!(installed.id.id, DEVICE);
         assert_eq!(key_at(&fx.files.key).serialize_pem(), new.serialize_pem());
         assert_eq!(mode(&fx.files.key), 0o600);
@@ -524,9 +563,37 @@ mod tests {
         );
         let (stranger_ca, _) = ca(fx.dir.path(), "stranger-ca.pem");
         let foreign = signed_by(&fx, &key, DEVICE, &stranger_ca, |_| {});
-        refused(&fx, &foreign, true, "does not chain to the trust bundle");
+        refused(&fx, &foreign, true, "does not chain to the anchors");
         // Without a bundle there is nothing to chain to.
         install(&fx.files, &foreign, None, false).unwrap();
+    }
+
+    #[test]
+    fn a_fetched_bundle_of_the_trust_domain_is_what_an_svid_must_chain_to() {
+        let fx = fixture();
+        csr(&fx.files, DEVICE, false).unwrap();
+        let key = key_at(&fx.files.key);
+        let (rotated, cert) = ca_cert();
+        let from_rotated = signed_by(&fx, &key, DEVICE, &rotated, |_| {});
+        refused(&fx, &from_rotated, true, "does not chain");
+        let fetched = |trust_domain: &str| {
+            let anchor = base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                cert.der().as_ref(),
+            );
+            let stored = serde_json::json!({
+                "trustDomain": trust_domain, "sequence": 2, "anchors": [anchor],
+            });
+            std::fs::write(&fx.anchors.fetched, stored.to_string()).unwrap();
+        };
+        // A bundle of another trust domain is not this device's.
+        fetched("elsewhere.example");
+        refused(&fx, &from_rotated, true, "does not chain");
+        fetched("plant.example");
+        install(&fx.files, &from_rotated, Some(&fx.anchors), false).unwrap();
+        // The rotated bundle replaced the anchors: the CA before no longer counts.
+        let from_before = signed(&fx, &key, DEVICE, |_| {});
+        refused(&fx, &from_before, true, "does not chain");
     }
 
     #[test]
@@ -535,15 +602,15 @@ mod tests {
         csr(&fx.files, DEVICE, false).unwrap();
         let key = key_at(&fx.files.key);
         let mine = signed(&fx, &key, DEVICE, |_| {});
-        install(&fx.files, &mine, Some(&fx.bundle), false).unwrap();
+        install(&fx.files, &mine, Some(&fx.anchors), false).unwrap();
         // A renewal of the same identity is what the running service expects.
         let renewed = signed(&fx, &key, DEVICE, |_| {});
-        install(&fx.files, &renewed, Some(&fx.bundle), false).unwrap();
+        install(&fx.files, &renewed, Some(&fx.anchors), false).unwrap();
         assert_eq!(mode(&fx.files.svid), 0o644);
 
         let other = signed(&fx, &key, OTHER_DEVICE, |_| {});
         let before = std::fs::read(&fx.files.svid).unwrap();
-        let e = install(&fx.files, &other, Some(&fx.bundle), false)
+        let e = install(&fx.files, &other, Some(&fx.anchors), false)
             .unwrap_err()
             .to_string();
         for part in [
@@ -557,7 +624,7 @@ mod tests {
         }
         assert_eq!(std::fs::read(&fx.files.svid).unwrap(), before);
 
-        let installed = install(&fx.files, &other, Some(&fx.bundle), true).unwrap();
+        let installed = install(&fx.files, &other, Some(&fx.anchors), true).unwrap();
         assert_eq!(installed.id.client, "dev-2");
         assert!(installed.not_after > jiff::Timestamp::now());
         assert_eq!(installed.path, fx.files.svid);
