@@ -58,9 +58,11 @@ pub struct MargoConfig {
     /// API path is relative to it. It only routes: the server is known by its SPIFFE ID.
     pub url: Option<String>,
     /// The device's X.509-SVID (PEM chain), with one URI SAN
-    /// `spiffe://<td>/margo/wfm/<wfm-id>/client/<client-id>`.
+    /// `spiffe://<td>/margo/wfm/<wfm-id>/client/<client-id>`; `state_dir/margo-svid.pem`,
+    /// where `woa-sync margo install` puts it, when not set.
     pub svid: Option<PathBuf>,
-    /// Its private key (PEM, 0600).
+    /// Its private key (PEM, 0600); `state_dir/margo-svid.key`, where `woa-sync margo csr`
+    /// makes it, when not set.
     pub svid_key: Option<PathBuf>,
     /// The trust domain's X.509 anchors (PEM), delivered out of band; with
     /// `fetch_trust_bundle` or `trust_bundle_url`, the bootstrap anchors until a bundle is

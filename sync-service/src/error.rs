@@ -14,6 +14,9 @@ pub enum Error {
     /// Enrollment with the WOS failed.
     #[error("enrollment: {0}")]
     Enrollment(String),
+    /// Making the device's Margo key and CSR, or installing its SVID, failed or was refused.
+    #[error("SVID provisioning: {0}")]
+    Provision(String),
     /// The desired-state repository could not be fetched or read.
     #[error(transparent)]
     Source(#[from] SourceError),
@@ -72,7 +75,10 @@ impl Error {
             | Error::Deploy { .. }
             | Error::Source(_)
             | Error::Manifest { .. } => true,
-            Error::Common(_) | Error::NotEnrolled(_) | Error::Enrollment(_) => false,
+            Error::Common(_)
+            | Error::NotEnrolled(_)
+            | Error::Enrollment(_)
+            | Error::Provision(_) => false,
         }
     }
 

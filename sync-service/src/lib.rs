@@ -3,7 +3,7 @@
 //! It pulls the device's desired state from its Git repository into a local mirror (gix),
 //! hands each new revision to the deployment service over mTLS gRPC, and posts the current
 //! state and the device capabilities to the WOS. `main.rs` is a thin shell over [`run`],
-//! [`enroll`], [`device_id`] and [`health`].
+//! [`enroll`], [`provision`], [`device_id`] and [`health`].
 
 mod config;
 mod deploy_link;
@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use identity::{Enrollment, device_id};
+pub use margo::provision;
 pub use rejected::{REJECTED_DOCUMENT_NAMESPACE, pseudo_deployment_id};
 
 /// Builds the service from `config` and runs it until `cancel`.
@@ -57,8 +58,12 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
                 .into());
             }
             let device_id = device_id(&config.state_dir)?;
-            let (wos, trust) =
-                margo::client(&config.margo, &device_id, &layout.margo_trust_bundle())?;
+            let (wos, trust) = margo::client(
+                &config.margo,
+                &config.state_dir,
+                &device_id,
+                &layout.margo_trust_bundle(),
+            )?;
             let source =
                 margo::source::MargoSource::new(wos.clone(), layout.margo_manifest(), trust)?;
             (Source::Margo(source), wos, device_id, None)

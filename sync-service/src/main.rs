@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use woa_sync::Config;
 use woa_sync::enroll::{ManualEnrollment, TokenEnrollment};
+use woa_sync::{Config, provision};
 
 /// woa sync service: pulls the device's desired state from Git and reports to the WOS.
 #[derive(Parser)]
@@ -26,10 +26,43 @@ enum Command {
     DeviceId,
     /// Set up trust with the WOS: with an enrollment token, or from pre-provisioned files.
     Enroll(Box<EnrollArgs>),
+    /// Provision the device's X.509-SVID for the Margo API out of band: make the key and a
+    /// certificate request for the operator's signer, then install the signed SVID.
+    #[command(subcommand)]
+    Margo(MargoCommand),
     /// Exit 0 when `run` is alive (its heartbeat in the state dir is fresh), 1 otherwise.
     ///
     /// For container health checks; an unreachable WOS does not make the service unhealthy.
     Health,
+}
+
+#[derive(Subcommand)]
+enum MargoCommand {
+    /// Print a certificate signing request for the SVID (PEM), making the device key
+    /// (`[margo] svid_key`, `state_dir/margo-svid.key` by default; 0600) the first time.
+    Csr {
+        /// `spiffe://<trust-domain>/margo/wfm/<wfm-id>/client/<client-id>`.
+        #[arg(long)]
+        spiffe_id: String,
+        /// Write the request to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Make a new key instead of re-using the device key; it takes over when the SVID
+        /// for it is installed.
+        #[arg(long)]
+        new_key: bool,
+    },
+    /// Check the signed SVID and install it (`[margo] svid`, `state_dir/margo-svid.pem` by
+    /// default), where a running service picks it up; with `[margo] trust_bundle` set, it must
+    /// chain to the anchors in force (that file, or a bundle fetched since).
+    Install {
+        /// The SVID (PEM chain, leaf first) the signer returned.
+        #[arg(long)]
+        svid: PathBuf,
+        /// Install it even though it names another client than the SVID installed.
+        #[arg(long)]
+        replace_identity: bool,
+    },
 }
 
 #[derive(Args)]
@@ -104,6 +137,7 @@ fn main() -> ExitCode {
                 Err(e) => println!("capabilities not posted yet ({e}); `woa-sync run` posts them"),
             }
         }),
+        Command::Margo(command) => margo(&config, command).map_err(anyhow::Error::from),
         Command::Run => block_on(async {
             let cancel = woa_common::shutdown::on_signal();
             woa_sync::run(config, cancel).await
@@ -134,6 +168,41 @@ fn health(state_dir: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `woa-sync margo …`: the request on stdout (or in `--out`), the installed identity.
+fn margo(config: &Config, command: MargoCommand) -> woa_sync::Result<()> {
+    let files = provision::SvidFiles::new(&config.margo, &config.state_dir);
+    match command {
+        MargoCommand::Csr {
+            spiffe_id,
+            out,
+            new_key,
+        } => {
+            let csr = provision::csr(&files, &spiffe_id, new_key)?;
+            match out {
+                Some(out) => woa_common::store::write_atomic(&out, csr.as_bytes(), 0o644)?,
+                None => print!("{csr}"),
+            }
+        }
+        MargoCommand::Install {
+            svid,
+            replace_identity,
+        } => {
+            let anchors = provision::Anchors::new(&config.margo, &config.state_dir);
+            let installed = provision::install(&files, &svid, anchors.as_ref(), replace_identity)?;
+            println!(
+                "installed {} at {} (expires {})",
+                installed.id.id,
+                installed.path.display(),
+                installed.not_after
+            );
+            if anchors.is_none() {
+                eprintln!("woa-sync: margo.trust_bundle is not set; the chain was not checked");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn enroll(state_dir: &Path, args: EnrollArgs) -> woa_sync::Result<()> {

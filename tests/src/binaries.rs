@@ -19,8 +19,8 @@ pub(crate) fn woa_testkit() -> Result<PathBuf> {
     built("woa-testkit")
 }
 
-/// The `woa-sync` binary of this workspace.
-pub(crate) fn woa_sync() -> Result<PathBuf> {
+/// The `woa-sync` binary of this workspace, for tests that run its commands themselves.
+pub fn woa_sync() -> Result<PathBuf> {
     built("woa-sync")
 }
 

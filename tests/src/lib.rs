@@ -24,6 +24,7 @@ pub mod wos;
 mod wos_server;
 
 pub use archive::tar_gz;
+pub use binaries::woa_sync as woa_sync_binary;
 pub use bystander::{Bystander, fails_alone, fails_alone_with, single_service};
 pub use deploy::{Deploy, DeployOptions, Identity};
 pub use desired::{AppDeployment, DesiredState};

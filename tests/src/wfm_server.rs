@@ -258,21 +258,43 @@ impl WfmServer {
         Ok(PathBuf::from(path))
     }
 
+    /// `POST /admin/sign`: the operator's signer; the device SVID (PEM) for the key and
+    /// SPIFFE ID of the certificate request `csr_pem`, signed by `ca.pem`.
+    pub fn sign(&self, csr_pem: &str) -> Result<String> {
+        let path = "/admin/sign";
+        let request = self
+            .admin
+            .post(self.admin_url() + path)
+            .body(csr_pem.to_owned());
+        self.send_admin(&Method::POST, path, request)
+    }
+
     fn admin(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value> {
         let mut request = self.admin.request(method.clone(), self.admin_url() + path);
         if let Some(body) = body {
             request = request.json(body);
         }
+        let text = self.send_admin(&method, path, request)?;
+        if text.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&text).with_context(|| format!("{method} {path} answered {text:?}"))
+    }
+
+    /// Sends an admin request; the body of a success, an error with the answer otherwise.
+    fn send_admin(
+        &self,
+        method: &Method,
+        path: &str,
+        request: reqwest::blocking::RequestBuilder,
+    ) -> Result<String> {
         let response = request.send().with_context(|| format!("{method} {path}"))?;
         let status = response.status();
         let text = response.text()?;
         if !status.is_success() {
             bail!("{method} {path} answered {status}: {text}");
         }
-        if text.is_empty() {
-            return Ok(Value::Null);
-        }
-        serde_json::from_str(&text).with_context(|| format!("{method} {path} answered {text:?}"))
+        Ok(text)
     }
 }
 

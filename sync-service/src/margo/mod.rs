@@ -1,6 +1,7 @@
 //! The Margo Workload Management API (rc.3) as a desired-state source: the fleet manager
 //! serves a manifest of digests over mutual TLS with SPIFFE identities.
 
+pub mod provision;
 pub mod source;
 pub mod spiffe;
 pub mod trust;
@@ -11,11 +12,12 @@ use crate::config::{MargoConfig, MargoPaths};
 use crate::wos::{Renewal, Shape, Wos};
 use crate::{Error, Result};
 
-/// The API client the configuration describes, presenting the device's SVID, and what keeps
-/// its trust bundle current when it is fetched. `stored_bundle` is where a fetched bundle is
-/// kept.
+/// The API client the configuration describes, presenting the device's SVID (by default the
+/// one provisioned into `state_dir`), and what keeps its trust bundle current when it is
+/// fetched. `stored_bundle` is where a fetched bundle is kept.
 pub fn client(
     config: &MargoConfig,
+    state_dir: &Path,
     device_id: &str,
     stored_bundle: &Path,
 ) -> Result<(Wos, Option<trust::TrustBundle>)> {
@@ -25,11 +27,8 @@ pub fn client(
         )))
     };
     let url = config.url.as_deref().ok_or_else(|| missing("url"))?;
-    let svid = config.svid.as_deref().ok_or_else(|| missing("svid"))?;
-    let key = config
-        .svid_key
-        .as_deref()
-        .ok_or_else(|| missing("svid_key"))?;
+    let files = provision::SvidFiles::for_client(config, state_dir)?;
+    let (svid, key) = (files.svid.as_path(), files.key.as_path());
     let bundle = (config.trust_bundle.as_deref()).ok_or_else(|| missing("trust_bundle"))?;
     let id = spiffe::client_id(svid)?;
     let (svid, key, bundle, stored, tls12, domain) = (

@@ -1,6 +1,7 @@
-//! `/admin/…` on the admin listener: the desired state, what the device sent, and switches.
+//! `/admin/…` on the admin listener: the desired state, what the device sent, switches, and
+//! the operator's signer of device SVIDs.
 //!
-//! Plain JSON without authentication: the listener is bound to loopback.
+//! Plain JSON (PEM for the signer) without authentication: the listener is bound to loopback.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{Response, StatusCode};
+use axum::http::{HeaderValue, Response, StatusCode, Uri, header};
 use axum::routing::{get, post, put};
 use serde_json::{Value, json};
 
@@ -24,6 +25,7 @@ pub(crate) fn router(wfm: Arc<Wfm>) -> Router {
         .route("/admin/capabilities", get(capabilities))
         .route("/admin/switches", get(get_switches).put(put_switches))
         .route("/admin/renew-client", post(renew_client))
+        .route("/admin/sign", post(sign))
         .fallback(|| async {
             problem(
                 StatusCode::NOT_FOUND,
@@ -203,6 +205,77 @@ async fn renew_client(State(wfm): State<Arc<Wfm>>) -> Response<Body> {
     }
 }
 
+/// How long an SVID from `/admin/sign` is valid without `?validDays=N`.
+const SIGNED_VALID_DAYS: u32 = 30;
+
+/// `POST /admin/sign[?validDays=N]` with a CSR (PEM) as the body: the operator's signer of
+/// out-of-band provisioning. Answers the SVID (PEM) for the request's key and SPIFFE ID,
+/// which must be a device of this WFM; anything else is a 400 problem.
+async fn sign(State(wfm): State<Arc<Wfm>>, uri: Uri, body: Bytes) -> Response<Body> {
+    let days = match valid_days(uri.query()) {
+        Ok(days) => days,
+        Err(detail) => return bad(detail),
+    };
+    let Ok(pem) = std::str::from_utf8(&body) else {
+        return bad("expected a PEM certificate signing request");
+    };
+    let request = match rcgen::CertificateSigningRequestParams::from_pem(pem) {
+        Ok(request) => request,
+        Err(err) => return bad(format!("not a PEM certificate signing request: {err}")),
+    };
+    let names = &request.params.subject_alt_names;
+    let spiffe_id = match &names[..] {
+        [rcgen::SanType::URI(uri)] => uri.as_str().to_owned(),
+        _ => {
+            return bad(format!(
+                "the request must name exactly one URI SAN (its SPIFFE ID), not {names:?}"
+            ));
+        }
+    };
+    if wfm.client_id_of(&spiffe_id).is_none() {
+        return bad(format!(
+            "{spiffe_id} is not a device of this WFM ({}<id>)",
+            wfm.client_prefix
+        ));
+    }
+    match wfm.pki.sign_client(request.public_key, &spiffe_id, days) {
+        Ok(svid) => {
+            tracing::info!(%spiffe_id, days, "device SVID signed");
+            let mut response = Response::new(Body::from(svid));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-pem-file"),
+            );
+            response
+        }
+        Err(err) => internal(&err),
+    }
+}
+
+/// `validDays=N` (1..=3650) from a query, [`SIGNED_VALID_DAYS`] without it.
+fn valid_days(query: Option<&str>) -> Result<u32, String> {
+    let mut days = SIGNED_VALID_DAYS;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("validDays", value)) => {
+                days = value
+                    .parse()
+                    .ok()
+                    .filter(|days| (1..=3650).contains(days))
+                    .ok_or_else(|| {
+                        format!("validDays={value} is not a number of days, 1 to 3650")
+                    })?;
+            }
+            _ => return Err(format!("unknown query parameter {pair:?} (validDays)")),
+        }
+    }
+    Ok(days)
+}
+
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id != "."
@@ -246,5 +319,13 @@ mod tests {
         assert!(apply(&mut switches, patch.as_object().unwrap().clone()).is_err());
         assert!(!valid_id("a/b"));
         assert!(valid_id("app-1.v2"));
+    }
+
+    #[test]
+    fn signed_svids_are_valid_for_the_days_asked() {
+        assert_eq!(valid_days(None), Ok(SIGNED_VALID_DAYS));
+        assert_eq!(valid_days(Some("validDays=2")), Ok(2));
+        assert!(valid_days(Some("validDays=0")).is_err());
+        assert!(valid_days(Some("days=2")).is_err());
     }
 }

@@ -6,7 +6,8 @@
 //!   the desired-state manifest, deployment documents and bundles, deployment status) under
 //!   `--prefix`, and the SPIFFE trust bundle;
 //! - plain HTTP (`--admin-listen`, loopback only): `/admin/…` JSON to set the desired state,
-//!   inspect what the device sent and switch faults on. **The admin API has no authentication**:
+//!   inspect what the device sent and switch faults on, and the operator's signer of device
+//!   SVIDs (`POST /admin/sign`, PEM in and out) for out-of-band provisioning. **The admin API has no authentication**:
 //!   it is bound to loopback for that reason.
 //!
 //! Everything it needs lives in `--dir` (the CA, the SVIDs of the WFM and of the device, the

@@ -172,6 +172,25 @@ impl Pki {
         Ok(path)
     }
 
+    /// Signs a device's certificate request as the operator's signer: an SVID for
+    /// `spiffe_id` (which the caller checked) with the request's public key, like
+    /// `client.pem`, valid from yesterday for `valid_days`. Nothing else of the request is
+    /// taken: a signer decides what a device's certificate says.
+    pub(crate) fn sign_client(
+        &self,
+        public_key: rcgen::PublicKey,
+        spiffe_id: &str,
+        valid_days: u32,
+    ) -> Result<String> {
+        let params = svid_params(
+            spiffe_id,
+            ExtendedKeyUsagePurpose::ClientAuth,
+            Validity::Days(valid_days),
+        )?;
+        let request = rcgen::CertificateSigningRequestParams { params, public_key };
+        Ok(request.signed_by(&self.issuer)?.pem())
+    }
+
     /// A client verifier that requires a certificate chaining to `ca.pem`; which SPIFFE ID it
     /// carries is checked per request, so a wrong one gets a problem answer, not a TLS alert.
     pub(crate) fn client_verifier(
@@ -228,6 +247,8 @@ enum Validity {
     Valid,
     /// Ended yesterday.
     Expired,
+    /// From yesterday for this many days.
+    Days(u32),
 }
 
 /// An X.509-SVID: exactly one URI SAN and no DNS or IP SAN (SPIFFE X509-SVID §2), a random
@@ -261,6 +282,10 @@ fn svid_params(
         Validity::Expired => (
             today.checked_sub(jiff::Span::new().days(30))?,
             today.yesterday()?,
+        ),
+        Validity::Days(days) => (
+            today.yesterday()?,
+            today.checked_add(jiff::Span::new().days(days))?,
         ),
     };
     set_dates(&mut params, start, end);
