@@ -58,6 +58,20 @@ compose() {
     "${COMPOSE[@]}" -f "$ROOT/compose.yaml" -p "$PROJECT" "$@"
 }
 
+# The processes the demo runs on this machine, beside the containers: NAME (the file names of
+# their pid and log in DIR) and what they are.
+HOST_SERVICES=("wos:reference WOS")
+
+# serve NAME WORKDIR COMMAND...: starts COMMAND in WORKDIR on this machine, detached from the
+# terminal (it outlives the script, until `down`), its output in DIR/NAME.log and its pid in
+# DIR/NAME.pid.
+serve() {
+  local name=$1 workdir=$2
+  shift 2
+  (cd "$workdir" && exec nohup "$@") </dev/null >"$DIR/$name.log" 2>&1 &
+  echo $! >"$DIR/$name.pid"
+}
+
 # Stops and removes what a previous `up` of this project left; quiet when there is nothing.
 down() {
   if [ -f "$DIR/images.env" ]; then
@@ -72,9 +86,12 @@ down() {
   docker ps -aq --filter "$label" | xargs -r docker rm -f >/dev/null
   docker network ls -q --filter "$label" | xargs -r docker network rm >/dev/null
   docker volume ls -q --filter "$label" | xargs -r docker volume rm >/dev/null
-  if [ -f "$DIR/wos.pid" ]; then
-    kill "$(cat "$DIR/wos.pid")" 2>/dev/null || true
-  fi
+  local service
+  for service in "${HOST_SERVICES[@]}"; do
+    if [ -f "$DIR/${service%%:*}.pid" ]; then
+      kill "$(cat "$DIR/${service%%:*}.pid")" 2>/dev/null || true
+    fi
+  done
   # Only a directory this script made (it holds the marker) is removed.
   if [ -f "$DIR/.woa-demo" ]; then
     # woa-deploy's state belongs to root (it ran as root); a user in the docker group may need
@@ -93,14 +110,17 @@ elif [ "${1:-up}" != up ]; then
 fi
 
 on_exit() {
-  local status=$?
+  local status=$? service log
   [ "$status" -eq 0 ] && return 0
   printf '\ndemo: step %d failed. What the services said:\n' "$STEP" >&2
   compose logs --tail 30 2>&1 | sed 's/^/   /' >&2 || true
-  if [ -f "$DIR/wos.log" ]; then
-    printf '   --- reference WOS (%s) ---\n' "$DIR/wos.log" >&2
-    tail -n 20 "$DIR/wos.log" | sed 's/^/   /' >&2
-  fi
+  for service in "${HOST_SERVICES[@]}"; do
+    log="$DIR/${service%%:*}.log"
+    if [ -f "$log" ]; then
+      printf '   --- %s (%s) ---\n' "${service#*:}" "$log" >&2
+      tail -n 20 "$log" | sed 's/^/   /' >&2
+    fi
+  done
   printf 'Clean up with: scripts/demo.sh down\n' >&2
 }
 trap on_exit EXIT
@@ -114,7 +134,7 @@ wait_for() {
   until "$@" >/dev/null 2>&1; do
     if [ $((SECONDS - start)) -ge "$STEP_TIMEOUT" ]; then
       printf '\n'
-      die "no $what after ${STEP_TIMEOUT}s"
+      die "gave up waiting for $what after ${STEP_TIMEOUT}s (WOA_DEMO_TIMEOUT)"
     fi
     printf '.'
     sleep 1
@@ -145,7 +165,9 @@ fi
 IMAGES=$(CARGO_TARGET_DIR="$TARGET_DIR" scripts/images.sh)
 WOA_DEPLOY_IMAGE=$(printf '%s\n' "$IMAGES" | sed -n 's/^WOA_DEPLOY_IMAGE=//p')
 WOA_SYNC_IMAGE=$(printf '%s\n' "$IMAGES" | sed -n 's/^WOA_SYNC_IMAGE=//p')
-[ -n "$WOA_DEPLOY_IMAGE" ] && [ -n "$WOA_SYNC_IMAGE" ] || die "scripts/images.sh named no images: $IMAGES"
+if [ -z "$WOA_DEPLOY_IMAGE" ] || [ -z "$WOA_SYNC_IMAGE" ]; then
+  die "scripts/images.sh named no images: $IMAGES"
+fi
 export WOA_DEPLOY_IMAGE WOA_SYNC_IMAGE
 printf 'WOA_DEPLOY_IMAGE=%s\nWOA_SYNC_IMAGE=%s\n' "$WOA_DEPLOY_IMAGE" "$WOA_SYNC_IMAGE" >"$DIR/images.env"
 # The sample app: tests/testapp (a tiny static web server) in an image FROM scratch.
@@ -168,9 +190,8 @@ GATEWAY=$(docker network inspect bridge --format '{{range .IPAM.Config}}{{.Gatew
 GATEWAY=${GATEWAY:-172.17.0.1}
 WOS_URL="https://host.docker.internal:$WOS_PORT"
 TOKEN=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
-nohup "$TESTKIT" wos --listen "$GATEWAY:$WOS_PORT" --data "$DIR/wos" --token "$TOKEN" \
-  --san host.docker.internal --public-url "$WOS_URL" </dev/null >"$DIR/wos.log" 2>&1 &
-echo $! >"$DIR/wos.pid"
+serve wos . "$TESTKIT" wos --listen "$GATEWAY:$WOS_PORT" --data "$DIR/wos" --token "$TOKEN" \
+  --san host.docker.internal --public-url "$WOS_URL"
 wait_for "the WOS" grep -q '^listening on' "$DIR/wos.log"
 # From this machine, the same name and certificate, pointed at the gateway address.
 wos() { curl -fsS --cacert "$DIR/wos/server-ca.pem" --resolve "host.docker.internal:$WOS_PORT:$GATEWAY" "$WOS_URL$1"; }
@@ -208,15 +229,11 @@ step "Start woa-sync (compose up -d)"
 say "It polls the device repository, hands each new commit to woa-deploy, and posts status."
 compose up -d 2>&1 | sed 's/^/   /'
 
-# commit VERSION: the WOS's side: commits the sample app at VERSION to the device repository.
+# The sample app: its compose package (a parameter sets MESSAGE) and the ApplicationDeployment
+# of it, under this id.
 ID=$(cat /proc/sys/kernel/random/uuid)
-commit() {
-  local version=$1 work="$DIR/work"
-  local git=(git -c user.name="demo WOS" -c user.email=wos@demo.invalid -c commit.gpgsign=false)
-  rm -rf "$work"
-  "${git[@]}" clone --quiet "$DIR/wos/repos/$CLIENT.git" "$work" 2>/dev/null
-  mkdir -p "$work/deployments" "$work/apps/web"
-  cat >"$work/apps/web/compose.yaml" <<EOF
+app_package() {
+  cat <<EOF
 services:
   web:
     image: $APP_IMAGE
@@ -227,7 +244,10 @@ services:
       - "127.0.0.1:$APP_PORT:8080"
     restart: unless-stopped
 EOF
-  cat >"$work/deployments/web.yaml" <<EOF
+}
+# app_deployment VERSION PACKAGE_LOCATION: the document, its MESSAGE saying VERSION.
+app_deployment() {
+  cat <<EOF
 apiVersion: application.margo.org/v1alpha1
 kind: ApplicationDeployment
 metadata:
@@ -241,14 +261,24 @@ spec:
     components:
       - name: web
         properties:
-          packageLocation: apps/web/compose.yaml
+          packageLocation: $2
   parameters:
     message:
-      value: "Hello from woa, version $version"
+      value: "Hello from woa, version $1"
       targets:
         - pointer: MESSAGE
           components: [web]
 EOF
+}
+# commit VERSION: the WOS's side: commits the sample app at VERSION to the device repository.
+commit() {
+  local version=$1 work="$DIR/work"
+  local git=(git -c user.name="demo WOS" -c user.email=wos@demo.invalid -c commit.gpgsign=false)
+  rm -rf "$work"
+  "${git[@]}" clone --quiet "$DIR/wos/repos/$CLIENT.git" "$work" 2>/dev/null
+  mkdir -p "$work/deployments" "$work/apps/web"
+  app_package >"$work/apps/web/compose.yaml"
+  app_deployment "$version" apps/web/compose.yaml >"$work/deployments/web.yaml"
   (cd "$work" && "${git[@]}" add -A && "${git[@]}" commit --quiet -m "demo-web: version $version" &&
     "${git[@]}" push --quiet origin HEAD:refs/heads/main && git rev-parse HEAD)
 }
