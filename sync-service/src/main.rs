@@ -200,6 +200,10 @@ fn margo(config: &Config, command: MargoCommand) -> woa_sync::Result<()> {
             if anchors.is_none() {
                 eprintln!("woa-sync: margo.trust_bundle is not set; the chain was not checked");
             }
+            if replace_identity {
+                // A running service refuses a renewed SVID that names another client.
+                println!("restart woa-sync for a new identity to be used");
+            }
         }
     }
     Ok(())

@@ -317,14 +317,19 @@ impl Wos {
             .body(body)
             .send()
             .await
-            .map_err(|e| Error::Wos {
-                operation: operation.to_owned(),
-                status: None,
-                message: woa_common::chain(&e),
-                retry_after: None,
-                retryable: None,
-            })?;
+            .map_err(|e| no_answer(operation, &e))?;
         answer(response, operation, ANSWER_LIMIT).await
+    }
+}
+
+/// A request of `operation` that got no answer (connection, TLS, timeout).
+pub(crate) fn no_answer(operation: &str, e: &reqwest::Error) -> Error {
+    Error::Wos {
+        operation: operation.to_owned(),
+        status: None,
+        message: woa_common::chain(e),
+        retry_after: None,
+        retryable: None,
     }
 }
 

@@ -30,29 +30,41 @@ pub fn client(
     let files = provision::SvidFiles::for_client(config, state_dir)?;
     let (svid, key) = (files.svid.as_path(), files.key.as_path());
     let bundle = (config.trust_bundle.as_deref()).ok_or_else(|| missing("trust_bundle"))?;
-    let id = spiffe::client_id(svid)?;
-    let (svid, key, bundle, stored, tls12, domain) = (
+    let source = match (&config.trust_bundle_url, config.fetch_trust_bundle) {
+        (Some(url), _) => Some(trust::BundleSource::Url(url.clone())),
+        (None, true) => Some(trust::BundleSource::Discover),
+        (None, false) => None,
+    };
+    // A bundle fetched before counts only while fetching is configured: without it,
+    // `trust_bundle` is the bundle, as delivered out of band.
+    let stored = source.as_ref().map(|_| stored_bundle.to_owned());
+    let (svid, key, bundle, tls12) = (
         svid.to_owned(),
         key.to_owned(),
         bundle.to_owned(),
-        stored_bundle.to_owned(),
         config.tls12,
-        id.trust_domain.clone(),
     );
     let tls = {
         let (svid, key, bundle, stored) =
             (svid.clone(), key.clone(), bundle.clone(), stored.clone());
-        move || {
-            let anchors = trust::anchors(&bundle, &stored, &domain)?;
-            spiffe::client_config(anchors, &svid, &key, tls12)
+        move || -> Result<_> {
+            let (chain, id) = spiffe::svid(&svid)?;
+            let anchors = trust::anchors(&bundle, stored.as_deref(), &id.trust_domain)?;
+            let config = spiffe::client_config(anchors, (chain, &id), &key, tls12)?;
+            Ok((config, id))
         }
     };
     let (_, first) = tls()?;
     tracing::info!(spiffe_id = %first.id, fleet_manager = %first.server, %url, "Margo API client");
+    let id = first.clone();
     // A renewed SVID must name the same client: the fleet manager it may speak to follows
     // from it, and a device does not change fleet managers by a file appearing.
+    let watched = [svid.clone(), key.clone(), bundle.clone()]
+        .into_iter()
+        .chain(stored.clone())
+        .collect();
     let renewal = Renewal::new(
-        vec![svid.clone(), key.clone(), bundle.clone(), stored.clone()],
+        watched,
         Box::new(move || {
             let (config, renewed) = tls()?;
             if renewed != first {
@@ -75,12 +87,8 @@ pub fn client(
         },
     };
     let api = Wos::renewing(url, renewal)?.speaking(shape);
-    let source = match (&config.trust_bundle_url, config.fetch_trust_bundle) {
-        (Some(url), _) => Some(trust::BundleSource::Url(url.clone())),
-        (None, true) => Some(trust::BundleSource::Discover),
-        (None, false) => None,
-    };
-    let trust =
-        source.map(|source| trust::TrustBundle::new(bundle, stored, id.trust_domain, source));
+    let trust = source.map(|source| {
+        trust::TrustBundle::new(bundle, stored_bundle.to_owned(), id.trust_domain, source)
+    });
     Ok((api, trust))
 }

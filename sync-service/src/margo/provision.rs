@@ -148,16 +148,17 @@ fn remove_if_present(path: &Path) -> Result<()> {
 pub struct Anchors {
     /// `[margo] trust_bundle`.
     pub file: PathBuf,
-    /// The fetched bundle kept in the state dir.
-    pub fetched: PathBuf,
+    /// The fetched bundle kept in the state dir, when bundles are fetched.
+    pub fetched: Option<PathBuf>,
 }
 
 impl Anchors {
     /// The anchors of the configuration; `None` without `[margo] trust_bundle`.
     pub fn new(config: &MargoConfig, state_dir: &Path) -> Option<Anchors> {
+        let fetching = config.fetch_trust_bundle || config.trust_bundle_url.is_some();
         Some(Anchors {
             file: config.trust_bundle.clone()?,
-            fetched: crate::identity::Layout::new(state_dir).margo_trust_bundle(),
+            fetched: fetching.then(|| crate::identity::Layout::new(state_dir).margo_trust_bundle()),
         })
     }
 }
@@ -234,7 +235,9 @@ pub fn install(
         return Err(refused(format!("expired on {not_after}")));
     }
     // Without the client-auth usage every handshake would fail; say so now.
-    if let Ok(Some(usage)) = cert.extended_key_usage()
+    let usage = (cert.extended_key_usage())
+        .map_err(|e| refused(format!("unreadable extended key usage: {e}")))?;
+    if let Some(usage) = usage
         && !(usage.value.client_auth || usage.value.any)
     {
         return Err(refused(
@@ -282,9 +285,10 @@ fn verify_chain(
     chain: &[CertificateDer<'static>],
     svid: &Path,
 ) -> Result<()> {
-    let unusable = |e: String| Error::Provision(format!("{}: {e}", anchors.file.display()));
+    let unusable = |e: String| Error::Provision(format!("trust anchors of {trust_domain}: {e}"));
     let mut roots = rustls::RootCertStore::empty();
-    for anchor in super::trust::anchors(&anchors.file, &anchors.fetched, trust_domain)? {
+    let fetched = anchors.fetched.as_deref();
+    for anchor in super::trust::anchors(&anchors.file, fetched, trust_domain)? {
         roots.add(anchor).map_err(|e| unusable(e.to_string()))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -342,6 +346,7 @@ mod tests {
         let (ca, file) = ca(dir.path(), "ca.pem");
         let config = MargoConfig {
             trust_bundle: Some(file),
+            fetch_trust_bundle: true,
             ..MargoConfig::default()
         };
         let anchors = Anchors::new(&config, dir.path()).unwrap();
@@ -584,7 +589,7 @@ mod tests {
             let stored = serde_json::json!({
                 "trustDomain": trust_domain, "sequence": 2, "anchors": [anchor],
             });
-            std::fs::write(&fx.anchors.fetched, stored.to_string()).unwrap();
+            std::fs::write(fx.anchors.fetched.as_ref().unwrap(), stored.to_string()).unwrap();
         };
         // A bundle of another trust domain is not this device's.
         fetched("elsewhere.example");

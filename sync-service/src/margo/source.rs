@@ -16,7 +16,7 @@ use woa_proto::v1 as pb;
 
 use super::trust::TrustBundle;
 use crate::pull::{DesiredStateSource, ERR_INVALID_DESIRED_STATE};
-use crate::wos::Wos;
+use crate::wos::{Wos, no_answer};
 use crate::{Error, Result};
 
 /// A manifest whose version does not go up.
@@ -93,7 +93,7 @@ impl MargoSource {
         let response = request
             .send()
             .await
-            .map_err(|e| http_error("manifest", &e))?;
+            .map_err(|e| no_answer("manifest", &e))?;
         if response.status() == StatusCode::NOT_MODIFIED {
             return Ok(None);
         }
@@ -117,7 +117,7 @@ impl MargoSource {
         let (client, base) = self.api.http();
         let operation = format!("deployment {}", r.deployment_id);
         let response = (client.get(resolve(base, &r.url)).send().await)
-            .map_err(|e| http_error(&operation, &e))?;
+            .map_err(|e| no_answer(&operation, &e))?;
         let body = crate::wos::answer(response, &operation, BODY_LIMIT).await?;
         let actual = Sha256::digest(&body);
         if actual[..] != expected[..] {
@@ -243,16 +243,6 @@ fn resolve(base: &str, url: &str) -> String {
         format!("{origin}/{path}")
     } else {
         format!("{base}/{path}")
-    }
-}
-
-fn http_error(operation: &str, e: &reqwest::Error) -> Error {
-    Error::Wos {
-        operation: operation.to_owned(),
-        status: None,
-        message: woa_common::chain(e),
-        retry_after: None,
-        retryable: None,
     }
 }
 

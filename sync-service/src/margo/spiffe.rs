@@ -71,26 +71,26 @@ impl ClientId {
     }
 }
 
-/// The identity the SVID in `cert` gives the device.
-pub fn client_id(cert: &Path) -> Result<ClientId> {
+/// The SVID chain in `cert` and the identity it gives the device, read once, so that the
+/// identity checked is the one presented.
+pub fn svid(cert: &Path) -> Result<(Vec<CertificateDer<'static>>, ClientId)> {
     let chain = certificates(cert)?;
-    spiffe_id(&chain[0])
+    let id = spiffe_id(&chain[0])
         .and_then(|id| ClientId::parse(&id))
-        .map_err(|e| tls(format!("{}: {e}", cert.display())))
+        .map_err(|e| tls(format!("{}: {e}", cert.display())))?;
+    Ok((chain, id))
 }
 
-/// The TLS client of the Margo API: presents the SVID in `cert`/`key`, trusts only
-/// `anchors`, and accepts only a server whose SVID is the fleet manager's SPIFFE ID.
-/// TLS 1.3 unless `tls12`; no session resumption, so a renewed or replaced identity never
+/// The TLS client of the Margo API: presents the SVID `chain` of `client` with `key`,
+/// trusts only `anchors`, and accepts only a server whose SVID is the fleet manager's SPIFFE
+/// ID. TLS 1.3 unless `tls12`; no session resumption, so a renewed or replaced identity never
 /// rides on a session of the one before.
 pub fn client_config(
     anchors: Vec<CertificateDer<'static>>,
-    cert: &Path,
+    (chain, client): (Vec<CertificateDer<'static>>, &ClientId),
     key: &Path,
     tls12: bool,
-) -> Result<(rustls::ClientConfig, ClientId)> {
-    let client = client_id(cert)?;
-    let chain = certificates(cert)?;
+) -> Result<rustls::ClientConfig> {
     let mut roots = RootCertStore::empty();
     for anchor in anchors {
         (roots.add(anchor)).map_err(|e| tls(format!("trust anchor: {e}")))?;
@@ -113,10 +113,10 @@ pub fn client_config(
             expected: client.server.clone(),
         }))
         .with_client_auth_cert(chain, private_key(key)?)
-        .map_err(|e| tls(format!("{}: {e}", cert.display())))?;
+        .map_err(|e| tls(format!("{}: {e}", client.id)))?;
     config.resumption = Resumption::disabled();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok((config, client))
+    Ok(config)
 }
 
 fn tls(message: String) -> Error {

@@ -38,12 +38,16 @@ struct Stored {
     anchors: Vec<String>,
 }
 
-/// The anchors in force: the fetched bundle of `trust_domain` kept at `stored`, else `file`.
+/// The anchors in force: the fetched bundle of `trust_domain` kept at `stored` (when bundles
+/// are fetched), else `file`.
 pub fn anchors(
     file: &Path,
-    stored: &Path,
+    stored: Option<&Path>,
     trust_domain: &str,
 ) -> Result<Vec<CertificateDer<'static>>> {
+    let Some(stored) = stored else {
+        return Ok(certificates(file)?);
+    };
     match load_json::<Stored>(stored)? {
         // A bundle of another trust domain belongs to an identity this device no longer has.
         Some(bundle) if bundle.trust_domain == trust_domain => {
@@ -128,19 +132,19 @@ impl TrustBundle {
         let bundle = parse_bundle(&body).map_err(|e| tls(format!("trust bundle at {url}: {e}")))?;
         let kept = load_json::<Stored>(&self.stored)?
             .filter(|kept| kept.trust_domain == self.trust_domain);
-        if let (Some(offered), Some(kept)) =
-            (bundle.sequence, kept.as_ref().and_then(|k| k.sequence))
-            && offered < kept
+        if let Some(kept) = kept.as_ref().and_then(|k| k.sequence)
+            && goes_back(bundle.sequence, kept)
         {
+            let offered = bundle.sequence.map_or("none".to_owned(), |s| s.to_string());
             tracing::error!(
                 security_event = true,
                 %url,
-                offered,
+                %offered,
                 kept,
                 "the trust bundle's spiffe_sequence went down; refused, keeping the anchors in force"
             );
             return Err(tls(format!(
-                "trust bundle at {url}: spiffe_sequence {offered} is below the {kept} kept"
+                "trust bundle at {url}: spiffe_sequence {offered} is not at least the {kept} kept"
             )));
         }
         let stored = Stored {
@@ -157,6 +161,12 @@ impl TrustBundle {
     }
 }
 
+/// Whether a bundle of sequence `offered` would take the anchors back from the `kept` one's.
+/// One without a sequence after one with could be any older one.
+fn goes_back(offered: Option<u64>, kept: u64) -> bool {
+    offered.is_none_or(|offered| offered < kept)
+}
+
 /// GETs `url`: over the API's own connection on its origin (the fleet manager, known by its
 /// SPIFFE ID); elsewhere over one that verifies the host against the anchors of `file`.
 async fn get(api: &Wos, file: &Path, url: &str, operation: &str) -> Result<Vec<u8>> {
@@ -169,13 +179,8 @@ async fn get(api: &Wos, file: &Path, url: &str, operation: &str) -> Result<Vec<u
         other = Wos::new(api.base(), Some(file), None)?;
         other.http()
     };
-    let response = (client.get(target).send().await).map_err(|e| Error::Wos {
-        operation: operation.to_owned(),
-        status: None,
-        message: woa_common::chain(&e),
-        retry_after: None,
-        retryable: None,
-    })?;
+    let response =
+        (client.get(target).send().await).map_err(|e| crate::wos::no_answer(operation, &e))?;
     crate::wos::answer(response, operation, LIMIT).await
 }
 
@@ -334,6 +339,14 @@ mod tests {
     }
 
     #[test]
+    fn the_sequence_never_goes_back_nor_disappears() {
+        assert!(!goes_back(Some(2), 2));
+        assert!(!goes_back(Some(3), 2));
+        assert!(goes_back(Some(1), 2));
+        assert!(goes_back(None, 2));
+    }
+
+    #[test]
     fn discovery_must_name_the_own_trust_domain_and_https() {
         let doc = |td: &str, uri: &str| json!({"trustDomain": td, "trustBundleUri": uri, "x": 1});
         let ok = doc("plant.example", "https://mis.plant.example/bundle.json").to_string();
@@ -358,7 +371,7 @@ mod tests {
         std::fs::write(&file, from_file.pem()).unwrap();
         let stored = dir.path().join("stored.json");
         assert_eq!(
-            anchors(&file, &stored, "td").unwrap(),
+            anchors(&file, Some(&stored), "td").unwrap(),
             vec![from_file.der().clone()]
         );
         let fetched = authority();
@@ -368,11 +381,16 @@ mod tests {
             anchors: vec![fetched.clone()],
         };
         save_json(&stored, &kept).unwrap();
+        // Not fetching: the file is the bundle, whatever was fetched before.
+        assert_eq!(
+            anchors(&file, None, "td").unwrap(),
+            vec![from_file.der().clone()]
+        );
         let expected = decode(&[fetched]).unwrap();
-        assert_eq!(anchors(&file, &stored, "td").unwrap(), expected);
+        assert_eq!(anchors(&file, Some(&stored), "td").unwrap(), expected);
         // Another trust domain's bundle is not this identity's.
         assert_eq!(
-            anchors(&file, &stored, "other").unwrap(),
+            anchors(&file, Some(&stored), "other").unwrap(),
             vec![from_file.der().clone()]
         );
     }
