@@ -137,6 +137,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<()> {
         schedule: schedule.clone(),
         problems: problems_rx,
         last_poll: last_poll_rx,
+        forbidden_waits_for_poll: config.source == config::SourceKind::Margo,
     });
     let puller = pull::Puller {
         source,

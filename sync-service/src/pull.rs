@@ -35,8 +35,8 @@ const RETRY_BASE: Duration = Duration::from_secs(2);
 /// meanwhile, but it is blind to its orchestrator: an error.
 const REPOSITORY_MESSAGES: Messages = Messages {
     down: "polling the desired-state source failed; keeping the last desired state",
-    still_down: "the desired-state repository still cannot be polled; keeping the last desired state",
-    back: "the desired-state repository can be polled again",
+    still_down: "the desired-state source still cannot be polled; keeping the last desired state",
+    back: "the desired-state source can be polled again",
 };
 
 /// What the log says while the deployment service does not take a new desired state.

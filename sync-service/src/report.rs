@@ -83,6 +83,10 @@ pub struct Reporter {
     pub problems: watch::Receiver<Option<PullProblem>>,
     /// When the pull loop last polled successfully: the end of a wait for authorization.
     pub last_poll: watch::Receiver<Option<Timestamp>>,
+    /// Whether the desired state comes from the same server (the Margo API): then a 403 is
+    /// not asked again until a poll shows the server answers the device again. Otherwise a
+    /// 403 is retried like any transient failure.
+    pub forbidden_waits_for_poll: bool,
 }
 
 /// Why delivery stopped.
@@ -120,6 +124,11 @@ impl Reporter {
                 changed = self.problems.changed() => {
                     if changed.is_err() {
                         break;
+                    }
+                    // A poll the server answered, though it failed for another reason.
+                    let problem = self.problems.borrow();
+                    if problem.as_ref().is_some_and(|p| p.code != crate::pull::ERR_REPOSITORY_AUTH) {
+                        until_poll = false;
                     }
                 }
                 changed = self.last_poll.changed() => {
@@ -230,8 +239,8 @@ impl Reporter {
         }
     }
 
-    /// Sends what the outbox holds, oldest first, stopping at the first transient failure.
-    /// `Err` carries the wait the WOS asked for, if any.
+    /// Sends what the outbox holds, oldest first, stopping at the first transient failure or
+    /// refusal of the device (`Err` says how long to wait).
     async fn deliver(&self, outbox: &mut Outbox, outage: &mut Outage) -> Result<(), Stopped> {
         let now = Timestamp::now();
         if self.schedule.in_downtime(now) {
@@ -247,7 +256,9 @@ impl Reporter {
                     outbox.capabilities = None;
                     outbox.delivered_capabilities = Some(capabilities);
                 }
-                Err(e) => failed(&e, outage, || outbox.capabilities = None)?,
+                Err(e) => failed(&e, outage, self.forbidden_waits_for_poll, || {
+                    outbox.capabilities = None
+                })?,
             }
         }
         let pending: Vec<(String, String)> = outbox
@@ -266,7 +277,7 @@ impl Reporter {
                     tracing::debug!(deployment = %deployment_id, "status posted");
                     outbox.statuses.remove(&deployment_id);
                 }
-                Err(e) => failed(&e, outage, || {
+                Err(e) => failed(&e, outage, self.forbidden_waits_for_poll, || {
                     outbox.statuses.remove(&deployment_id);
                 })?,
             }
@@ -276,11 +287,16 @@ impl Reporter {
 }
 
 /// A transient failure stops delivery for now (logged by the rule of [`Outage`]), and so does
-/// a WOS that does not authorize the device, until a poll succeeds again; a refusal of the
-/// content drops the item (the WOS will refuse it again) after saying so, and shows that the
-/// WOS answers.
-fn failed(e: &Error, outage: &mut Outage, drop_item: impl FnOnce()) -> Result<(), Stopped> {
-    if e.is_forbidden() {
+/// a server that does not authorize the device, until a poll shows it answers the device
+/// again (when it is also the source); a refusal of the content drops the item (the WOS will
+/// refuse it again) after saying so, and shows that the WOS answers.
+fn failed(
+    e: &Error,
+    outage: &mut Outage,
+    forbidden_waits_for_poll: bool,
+    drop_item: impl FnOnce(),
+) -> Result<(), Stopped> {
+    if forbidden_waits_for_poll && e.is_forbidden() {
         outage.failed("HTTP 403", e);
         return Err(Stopped::UntilPoll);
     }

@@ -230,10 +230,10 @@ fn a_manifest_that_does_not_verify_changes_nothing_that_runs() -> Result<()> {
     device.wait_status(&id, "installed", version)?;
     wait_answer(&id, "two")?;
 
-    // A retired client: a refused status is not asked again until a poll goes through, and
-    // the polls keep their pace; the app runs on.
-    device.wfm.switches(json!({"retired": true}))?;
+    // A retired client: a refused status is not asked again until a poll goes through; the
+    // app runs on.
     device.wfm.clear_requests()?;
+    device.wfm.switches(json!({"retired": true}))?;
     let status_path = format!("{PREFIX}/api/v1/deployments/{id}/status");
     let refused_statuses = || -> Result<usize> {
         Ok((device.wfm.requests()?.iter())
@@ -358,14 +358,12 @@ fn a_fetched_trust_bundle_replaces_the_anchors_and_never_goes_back() -> Result<(
     (device.wfm).switches(json!({"trustBundle": "good", "serverIdentity": "untrusted"}))?;
     device.wfm.clear_requests()?;
     device.sync.start()?;
-    std::thread::sleep(Duration::from_secs(4));
+    wait_until(Duration::from_secs(30), || {
+        Ok(device.sync.log().contains("UnknownIssuer"))
+    })
+    .with_context(|| device.sync.log())?;
     let served = device.wfm.requests()?;
     ensure!(served.is_empty(), "requests were served: {served:?}");
-    ensure!(
-        device.sync.log().contains("UnknownIssuer"),
-        "{}",
-        device.sync.log()
-    );
     device.wfm.switches(json!({"serverIdentity": "good"}))?;
     wait_until(Duration::from_secs(30), || {
         Ok(!device.wfm.requests()?.is_empty())

@@ -938,7 +938,7 @@ fn a_refusing_repository_is_asked_again_when_it_says_and_never_faster_than_the_i
         "the wait asked for is not in the log:\n{log}"
     );
     assert!(
-        log.contains("the desired-state repository can be polled again"),
+        log.contains("the desired-state source can be polled again"),
         "{log}"
     );
     assert!(log.contains("the status branch is written again"), "{log}");
