@@ -46,7 +46,7 @@ pub struct AgentSettings {
 /// The deployment agent over a container runtime.
 pub struct Agent<R> {
     pub(crate) runtime: R,
-    fetcher: PackageFetcher,
+    pub(crate) fetcher: PackageFetcher,
     pub(crate) settings: AgentSettings,
     /// One apply at a time; also held while unused packages are removed, so that none is
     /// half-way between being written and being referenced.

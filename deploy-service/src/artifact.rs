@@ -5,7 +5,7 @@
 //! (as the engine does). Every layer pulled is kept by digest, with the digest each reference
 //! last resolved to, so a restart or rollback without the network finds it again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -56,7 +56,12 @@ impl Artifacts {
 
     /// The layer (tar.gz) of `repository` at `revision`, verified against its digest; from
     /// the cache when the registry cannot be reached and this reference was pulled before.
-    pub async fn fetch(&self, repository: &str, revision: Option<&str>) -> Result<Vec<u8>, String> {
+    /// With it, the whole reference (`host/name:tag`) the cache keeps it by.
+    pub async fn fetch(
+        &self,
+        repository: &str,
+        revision: Option<&str>,
+    ) -> Result<(Vec<u8>, String), String> {
         let name = repository
             .strip_prefix("oci://")
             .ok_or_else(|| format!("{repository}: an OCI repository is oci://host/name"))?;
@@ -67,16 +72,58 @@ impl Artifacts {
         let reference: Reference = text
             .parse()
             .map_err(|e| format!("{text} is not an OCI reference: {e}"))?;
-        match self.pull(&reference).await {
-            Ok(layer) => Ok(layer),
-            Err(Pulled::Refused(e)) => Err(e),
+        let layer = match self.pull(&reference).await {
+            Ok(layer) => layer,
+            Err(Pulled::Refused(e)) => return Err(e),
             Err(Pulled::Unreachable(e)) => match self.cached(&text) {
                 Some(layer) => {
                     tracing::warn!(reference = %text, error = %e, "registry not reachable; using the artifact pulled before");
-                    Ok(layer)
+                    layer
                 }
-                None => Err(e),
+                None => return Err(e),
             },
+        };
+        Ok((layer, reference.whole()))
+    }
+
+    /// Forgets every cached reference not in `keep` (as [`Artifacts::fetch`] names them) and
+    /// removes the layers no reference left names. A failure is logged: it only costs disk.
+    pub fn retain(&self, keep: &BTreeSet<&str>) {
+        let index_path = self.index_path();
+        let Ok(Some(mut index)) = load_json::<BTreeMap<String, String>>(&index_path) else {
+            return;
+        };
+        let before = index.len();
+        index.retain(|reference, _| keep.contains(reference.as_str()));
+        if index.len() != before
+            && let Err(e) = save_json(&index_path, &index)
+        {
+            tracing::warn!(error = %woa_common::chain(&e), "could not forget unused artifacts");
+            return;
+        }
+        let layers: BTreeSet<PathBuf> = index
+            .values()
+            .map(|digest| self.layer_path(digest))
+            .collect();
+        let Ok(entries) = std::fs::read_dir(&self.cache) else {
+            return;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            // Only layers: the index and temporary files of a write stay.
+            let is_layer = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("sha256-"));
+            if is_layer && !layers.contains(&path) {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        tracing::debug!(layer = %path.display(), "removed an unused artifact")
+                    }
+                    Err(e) => {
+                        tracing::warn!(layer = %path.display(), error = %e, "removing an unused artifact failed")
+                    }
+                }
+            }
         }
     }
 
@@ -235,7 +282,30 @@ impl tokio::io::AsyncWrite for Bounded {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn the_cache_keeps_what_is_named_and_the_layers_they_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("artifacts");
+        let artifacts = Artifacts::new(BTreeMap::new(), &[], cache.clone(), 1 << 20).unwrap();
+        let (a, b) = (
+            format!("sha256:{}", "a".repeat(64)),
+            format!("sha256:{}", "b".repeat(64)),
+        );
+        artifacts.keep("r.example/apps/web:1", &a, b"one");
+        artifacts.keep("r.example/apps/web:1-again", &a, b"one");
+        artifacts.keep("r.example/apps/web:2", &b, b"two");
+        artifacts.retain(&["r.example/apps/web:1"].into());
+        assert!(artifacts.layer_path(&a).exists());
+        assert!(!artifacts.layer_path(&b).exists());
+        let index: BTreeMap<String, String> = load_json(&artifacts.index_path()).unwrap().unwrap();
+        assert_eq!(index.keys().collect::<Vec<_>>(), ["r.example/apps/web:1"]);
+        artifacts.retain(&BTreeSet::new());
+        assert!(!artifacts.layer_path(&a).exists());
+        assert!(artifacts.index_path().exists(), "the index is not a layer");
+    }
 
     #[test]
     fn only_loopback_registries_are_plain_http() {

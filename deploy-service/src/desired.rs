@@ -63,6 +63,11 @@ pub struct Component {
     /// How long this component may take to become ready; the configured default when absent.
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<std::time::Duration>,
+    /// The OCI compose artifact it was pulled from (`host/name:tag`), which the artifact
+    /// cache keeps while a release needs it. Left out when absent, so that releases of other
+    /// packages keep their digests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
 }
 
 fn yes() -> bool {
@@ -222,12 +227,16 @@ async fn resolve_deployment(
     let policy = policy.for_deployment(&d.id, d.application_id.as_deref());
     let mut components = Vec::with_capacity(d.components.len());
     for c in &d.components {
-        let package = match &c.package {
-            MargoPackage::Location(location) => fetcher.fetch(location, artifacts).await?,
+        let (package, artifact) = match &c.package {
+            MargoPackage::Location(location) => (fetcher.fetch(location, artifacts).await?, None),
             MargoPackage::Oci {
                 repository,
                 revision,
-            } => (fetcher.fetch_artifact(repository, revision.as_deref())).await?,
+            } => {
+                let (package, reference) =
+                    (fetcher.fetch_artifact(repository, revision.as_deref())).await?;
+                (package, Some(reference))
+            }
         };
         let compose_yaml = package
             .files
@@ -253,6 +262,7 @@ async fn resolve_deployment(
             package_dir,
             wait: c.wait,
             timeout: c.timeout,
+            artifact,
         });
     }
     Ok(components)

@@ -33,6 +33,13 @@ impl<R: ContainerRuntime> Agent<R> {
                 .map(|c| c.package_dir.as_path())
                 .collect();
             remove_other_packages(&self.settings.state_dir.join("packages"), &packages);
+            let artifacts: BTreeSet<&str> = kept
+                .iter()
+                .flat_map(|r| r.deployment.components.iter())
+                .chain(desired.deployments.iter().flat_map(|d| d.components.iter()))
+                .filter_map(|c| c.artifact.as_deref())
+                .collect();
+            self.fetcher.keep_only_artifacts(&artifacts);
         }
 
         let gc = &self.settings.image_gc;

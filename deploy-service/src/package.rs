@@ -221,23 +221,32 @@ impl PackageFetcher {
         })
     }
 
-    /// The package in an OCI compose artifact (`oci://host/name` at `revision`).
+    /// The package in an OCI compose artifact (`oci://host/name` at `revision`), and the
+    /// reference the cache knows it by.
     pub async fn fetch_artifact(
         &self,
         repository: &str,
         revision: Option<&str>,
-    ) -> Result<Package> {
+    ) -> Result<(Package, String)> {
         let package_error = |message: String| Error::Package {
             location: repository.to_owned(),
             message,
         };
         let artifacts = (self.artifacts.as_ref())
             .ok_or_else(|| package_error("OCI artifacts are not configured".into()))?;
-        let layer = artifacts
+        let (layer, reference) = artifacts
             .fetch(repository, revision)
             .await
             .map_err(package_error)?;
-        self.unpack(layer).await.map_err(package_error)
+        let package = self.unpack(layer).await.map_err(package_error)?;
+        Ok((package, reference))
+    }
+
+    /// Removes the cached artifacts no reference in `keep` names.
+    pub(crate) fn keep_only_artifacts(&self, keep: &std::collections::BTreeSet<&str>) {
+        if let Some(artifacts) = &self.artifacts {
+            artifacts.retain(keep);
+        }
     }
 
     /// Fetches the package at `location`: an `https://` URL, or a path into `artifacts`, the

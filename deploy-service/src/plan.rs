@@ -405,6 +405,7 @@ mod tests {
                 bind_digests: Default::default(),
                 wait: true,
                 timeout: None,
+                artifact: None,
             }],
             component_names: vec!["c".into()],
             error: None,

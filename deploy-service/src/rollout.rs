@@ -525,6 +525,7 @@ mod tests {
                 bind_digests: BTreeMap::new(),
                 wait: true,
                 timeout: None,
+                artifact: None,
             }],
             component_names: vec!["app".into()],
             error: None,

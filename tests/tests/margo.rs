@@ -21,7 +21,7 @@ const COLLECTOR: &str = "http://otel-collector.local:4318";
 /// The device's two services and the fleet manager, with an app registry.
 struct Device {
     registry: Registry,
-    _deploy: Deploy,
+    deploy: Deploy,
     wfm: WfmServer,
     sync: Sync,
 }
@@ -83,7 +83,7 @@ impl Device {
         )?;
         Ok(Device {
             registry,
-            _deploy: deploy,
+            deploy,
             wfm,
             sync,
         })
@@ -185,12 +185,22 @@ fn an_app_is_deployed_updated_and_removed_through_manifests() -> Result<()> {
     let version = device.offer(&id, &two)?;
     device.wait_status(&id, "installed", version)?;
     wait_answer(&id, "two")?;
+    // The artifacts of the release and of the one to roll back to are kept.
+    let cached = || -> Result<usize> {
+        let dir = device.deploy.state_dir().join("artifacts");
+        Ok((std::fs::read_dir(dir)?.flatten())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("sha256-"))
+            .count())
+    };
+    ensure!(cached()? == 2, "{} artifacts cached", cached()?);
 
-    // Gone from the manifest: removed.
+    // Gone from the manifest: removed, and its artifacts with it.
     let empty = device.wfm.set_deployments(&BTreeMap::new())?;
     let version = empty["manifestVersion"].as_u64().context("version")?;
     wait_until(Duration::from_secs(60), || Ok(containers(&id)?.is_empty()))?;
     device.wait_status(&id, "removed", version)?;
+    wait_until(Duration::from_secs(30), || Ok(cached()? == 0))
+        .context("the artifacts of a removed deployment are still cached")?;
 
     // After a restart, a manifest older than the one adopted is refused as before.
     device.sync.terminate(Duration::from_secs(10))?;
