@@ -1,5 +1,6 @@
 //! Garbage collection, shared across deployments: images the agent pulled that no current or
-//! rollback release uses, and package directories no release refers to.
+//! rollback release uses, package directories no release refers to, and the cached OCI
+//! artifacts none was pulled from.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -22,24 +23,19 @@ impl<R: ContainerRuntime> Agent<R> {
             .values()
             .flat_map(|t| t.current.iter().chain(t.previous.iter()))
             .collect();
-        // An apply stores its packages while it holds `applying`: none is removed half-way
-        // between being written and being referenced.
+        // An apply stores its packages and artifacts while it holds `applying`: none is
+        // removed half-way between being written and being referenced.
         if let Ok(_applying) = self.applying.try_lock() {
             let desired = self.desired();
-            let packages: BTreeSet<&Path> = kept
-                .iter()
+            let components: Vec<_> = (kept.iter())
                 .flat_map(|r| r.deployment.components.iter())
                 .chain(desired.deployments.iter().flat_map(|d| d.components.iter()))
-                .map(|c| c.package_dir.as_path())
                 .collect();
+            let packages: BTreeSet<&Path> =
+                components.iter().map(|c| c.package_dir.as_path()).collect();
             remove_other_packages(&self.settings.state_dir.join("packages"), &packages);
-            let artifacts: BTreeSet<&str> = kept
-                .iter()
-                .flat_map(|r| r.deployment.components.iter())
-                .chain(desired.deployments.iter().flat_map(|d| d.components.iter()))
-                .filter_map(|c| c.artifact.as_deref())
-                .collect();
-            self.fetcher.keep_only_artifacts(&artifacts);
+            let artifacts = components.iter().filter_map(|c| c.artifact.as_deref());
+            self.fetcher.keep_only_artifacts(&artifacts.collect());
         }
 
         let gc = &self.settings.image_gc;
